@@ -1,0 +1,450 @@
+"""Swin Transformer V1 (Liu et al., arXiv 2103.14030) in Flax linen, NHWC.
+
+Layout of the parameters (the converter and the checkpoints follow it):
+  patch_embed/{proj, norm}, absolute_pos_embed (optional),
+  layers_{i}/downsample/{norm, reduction}   PatchMerging at the start of stage i > 0 (timm's layout)
+  layers_{i}/blocks/{block0, block1}/...    blocks scanned in (no shift, shift) pairs, parameters
+                                            stacked along a leading axis of length depth // 2
+  layers_{i}/blocks_{j}/...                 the same blocks unrolled (scan_blocks=False)
+  norm, head                                final LayerNorm and classifier
+  norm{i}                                   per-stage output norms of the dense backbone (out_indices)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from swin_jax.models import windows
+
+Dtype = Any
+
+
+def trunc_normal(stddev: float = 0.02):
+    """timm's `trunc_normal_(std=.02)`: a normal cut at +-2 in absolute value, i.e. at +-100 std.
+
+    At 100 std the cut never binds, so a clipped normal is the same distribution (and avoids the
+    inverse-CDF sampler's saturation at such wide bounds).
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        return jnp.clip(stddev * jax.random.normal(key, shape, jnp.float32), -2.0, 2.0).astype(dtype)
+
+    return init
+
+
+def torch_default_bias(fan_in: int):
+    """PyTorch's default bias init for Linear / Conv layers: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+
+    def init(key, shape, dtype=jnp.float32):
+        bound = 1.0 / np.sqrt(fan_in)
+        return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
+
+    return init
+
+
+# PyTorch's default Conv2d weight init (kaiming_uniform with a=sqrt(5)); the official code leaves the
+# patch-embedding convolution at this default.
+torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
+    # PyTorch's eps and two-pass variance; statistics are reduced in float32 even for bf16 inputs.
+    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype, use_bias: bool = True) -> nn.Dense:
+    return nn.Dense(features, use_bias=use_bias, kernel_init=trunc_normal(), bias_init=nn.initializers.zeros,
+                    dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def drop_path(module: nn.Module, x: jnp.ndarray, rate, deterministic: bool) -> jnp.ndarray:
+    """Stochastic depth: drop the whole residual branch per sample with probability `rate`.
+
+    `rate` may be a traced scalar (it is a scanned input when blocks are scanned).
+    """
+    if deterministic:
+        return x
+    keep = 1.0 - jnp.asarray(rate, jnp.float32)
+    noise = jax.random.uniform(module.make_rng("dropout"), (x.shape[0],) + (1,) * (x.ndim - 1))
+    mask = jnp.floor(keep + noise)
+    return x * (mask / jnp.maximum(keep, 1e-12)).astype(x.dtype)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch_size x patch_size patches -> embed_dim, optionally layer-normalised."""
+
+    patch_size: int = 4
+    embed_dim: int = 96
+    patch_norm: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        p = self.patch_size
+        h, w = x.shape[1:3]
+        # Images whose size is not a multiple of the patch are padded on the bottom/right with zeros.
+        x = jnp.pad(x, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
+        fan_in = p * p * x.shape[-1]
+        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", kernel_init=torch_default_kernel,
+                    bias_init=torch_default_bias(fan_in), dtype=self.dtype, param_dtype=self.param_dtype,
+                    name="proj")(x)
+        if self.patch_norm:
+            x = layer_norm("norm", self.dtype, self.param_dtype)(x)
+        return x
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows, with a learned relative position bias.
+
+    The bias table holds one value per head for each of the (2T-1)^2 relative offsets of a T x T
+    window (T = table_window). Called on windows of size `window` <= T.
+    """
+
+    dim: int
+    num_heads: int
+    table_window: int
+    qkv_bias: bool = True
+    qk_scale: float | None = None
+    attn_drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, window: int, mask: np.ndarray | None, deterministic: bool) -> jnp.ndarray:
+        windows_, n, c = x.shape
+        heads = self.num_heads
+        head_dim = c // heads
+        scale = self.qk_scale if self.qk_scale is not None else head_dim ** -0.5
+
+        table = self.param("relative_position_bias_table", trunc_normal(),
+                           ((2 * self.table_window - 1) ** 2, heads), self.param_dtype)
+        index = windows.relative_position_index(window, self.table_window)
+        bias = jnp.asarray(table, jnp.float32)[index.reshape(-1)].reshape(n, n, heads).transpose(2, 0, 1)
+
+        qkv = dense(3 * c, "qkv", self.dtype, self.param_dtype, self.qkv_bias)(x)
+        qkv = qkv.reshape(windows_, n, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (windows, heads, n, head_dim)
+
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(scale, q.dtype), k)
+        logits = logits.astype(jnp.float32) + bias  # softmax statistics in float32, also under bf16
+        if mask is not None:
+            num_windows = mask.shape[0]
+            logits = logits.reshape(-1, num_windows, heads, n, n) + mask[None, :, None]
+            logits = logits.reshape(-1, heads, n, n)
+        attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        attn = nn.Dropout(self.attn_drop_rate)(attn, deterministic=deterministic)
+
+        out = jnp.einsum("bhqk,bhkd->bqhd", attn, v).reshape(windows_, n, c)
+        out = dense(c, "proj", self.dtype, self.param_dtype)(out)
+        return nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
+
+
+class Mlp(nn.Module):
+    hidden_dim: int
+    drop_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
+        out_dim = x.shape[-1]
+        x = dense(self.hidden_dim, "fc1", self.dtype, self.param_dtype)(x)
+        x = nn.gelu(x, approximate=False)  # PyTorch's nn.GELU is the exact erf form
+        x = nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
+        x = dense(out_dim, "fc2", self.dtype, self.param_dtype)(x)
+        return nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
+
+
+class SwinBlock(nn.Module):
+    """LayerNorm -> (shifted) window attention -> residual; LayerNorm -> MLP -> residual.
+
+    `window_size`/`shift_size` are the block's configured values; on a map no larger than the window
+    the whole map is one unshifted window. Maps that are not a multiple of the window are padded with
+    zeros after norm1 and before the cyclic shift, as the official detection backbone and Hugging
+    Face do, and cropped back after the attention.
+    """
+
+    dim: int
+    num_heads: int
+    window_size: int
+    shift_size: int = 0
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    qk_scale: float | None = None
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    deterministic: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, drop_path_rate=0.0) -> jnp.ndarray:
+        _, h, w, c = x.shape
+        window, shift = windows.effective_window(h, w, self.window_size, self.shift_size)
+        shortcut = x
+        x = layer_norm("norm1", self.dtype, self.param_dtype)(x)
+        x = jnp.pad(x, ((0, 0), (0, -h % window), (0, -w % window), (0, 0)))
+        hp, wp = x.shape[1:3]
+        mask = None
+        if shift:
+            x = jnp.roll(x, (-shift, -shift), axis=(1, 2))
+            mask = windows.shifted_window_mask(hp, wp, window, shift)
+        x = windows.window_partition(x, window)
+        x = WindowAttention(self.dim, self.num_heads, self.window_size, self.qkv_bias, self.qk_scale,
+                            self.attn_drop_rate, self.drop_rate, self.dtype, self.param_dtype,
+                            name="attn")(x, window, mask, self.deterministic)
+        x = windows.window_reverse(x, window, hp, wp)
+        if shift:
+            x = jnp.roll(x, (shift, shift), axis=(1, 2))
+        x = x[:, :h, :w]
+        x = shortcut + drop_path(self, x, drop_path_rate, self.deterministic)
+
+        y = layer_norm("norm2", self.dtype, self.param_dtype)(x)
+        y = Mlp(int(c * self.mlp_ratio), self.drop_rate, self.dtype, self.param_dtype, name="mlp")(
+            y, self.deterministic)
+        return x + drop_path(self, y, drop_path_rate, self.deterministic)
+
+
+class SwinBlockPair(nn.Module):
+    """One unshifted block followed by one shifted block: the unit that a stage scans over."""
+
+    block: dict  # keyword arguments of SwinBlock shared by both blocks
+    shift_size: int
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, drop_path_rates: jnp.ndarray):
+        x = SwinBlock(shift_size=0, name="block0", **self.block)(x, drop_path_rates[0])
+        x = SwinBlock(shift_size=self.shift_size, name="block1", **self.block)(x, drop_path_rates[1])
+        return x, None
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbouring patches concatenated (official order), LayerNorm over 4C, linear 4C -> 2C."""
+
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        h, w, c = x.shape[1:]
+        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))  # odd maps: pad one row/column
+        x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+        x = layer_norm("norm", self.dtype, self.param_dtype)(x)
+        return dense(2 * c, "reduction", self.dtype, self.param_dtype, use_bias=False)(x)
+
+
+class SwinStage(nn.Module):
+    """Optional patch merging, then `depth` blocks alternating no shift / shift by window // 2."""
+
+    depth: int
+    num_heads: int
+    window_size: int
+    shift_size: int
+    drop_path_rates: tuple[float, ...]
+    downsample: bool
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    qk_scale: float | None = None
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    scan_blocks: bool = True
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        if self.downsample:
+            x = PatchMerging(self.dtype, self.param_dtype, name="downsample")(x)
+        block = dict(dim=x.shape[-1], num_heads=self.num_heads, window_size=self.window_size,
+                     mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
+                     drop_rate=self.drop_rate, attn_drop_rate=self.attn_drop_rate, deterministic=not train,
+                     dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.scan_blocks:
+            pair = nn.remat(SwinBlockPair, prevent_cse=False) if self.remat else SwinBlockPair
+            blocks = nn.scan(pair, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                             length=self.depth // 2)
+            rates = jnp.asarray(self.drop_path_rates, jnp.float32).reshape(-1, 2)
+            x, _ = blocks(block, self.shift_size, name="blocks")(x, rates)
+        else:
+            single = nn.remat(SwinBlock) if self.remat else SwinBlock
+            for j in range(self.depth):
+                x = single(shift_size=self.shift_size if j % 2 else 0, name=f"blocks_{j}", **block)(
+                    x, self.drop_path_rates[j])
+        return x
+
+
+class SwinTransformer(nn.Module):
+    """Swin Transformer V1. Input NHWC float images; output logits, pooled features or stage maps.
+
+    - num_classes > 0: logits (float32); num_classes == 0: the pooled, normalised features.
+    - out_indices set: the dense backbone; returns the listed stage maps (NHWC), each through its
+      own LayerNorm when `out_norm` is true, as the official detection/segmentation backbones.
+    The four stage maps are also sown into the "intermediates" collection as `stage{i}`.
+
+    `img_size` fixes the parameter shapes as in the official code (a stage no larger than the window
+    gets a smaller window and bias table, and the absolute position embedding covers this size);
+    other input sizes, non-square and non-divisible ones included, run with the same parameters.
+    """
+
+    img_size: int | tuple[int, int] = 224
+    patch_size: int = 4
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 96
+    depths: Sequence[int] = (2, 2, 6, 2)
+    num_heads: Sequence[int] = (3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    qk_scale: float | None = None
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    ape: bool = False
+    patch_norm: bool = True
+    out_indices: Sequence[int] | None = None
+    out_norm: bool = True
+    scan_blocks: bool = True
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        self._check_config()
+        super().__post_init__()
+
+    def _check_config(self):
+        def fail(field, message):
+            raise ValueError(f"SwinTransformer.{field}={getattr(self, field)!r}: {message}")
+
+        if len(self.depths) != len(self.num_heads):
+            fail("num_heads", f"needs one entry per stage, and depths={tuple(self.depths)} has {len(self.depths)}")
+        if not self.depths or any(d < 1 for d in self.depths):
+            fail("depths", "every stage needs at least one block")
+        if self.scan_blocks and any(d % 2 for d in self.depths):
+            fail("depths", "scanned stages hold (no shift, shift) block pairs, so every depth must be even; "
+                           "set scan_blocks=False for odd depths")
+        for i, heads in enumerate(self.num_heads):
+            dim = self.embed_dim * 2 ** i
+            if heads < 1 or dim % heads:
+                fail("num_heads", f"stage {i} has {dim} channels, which {heads} heads do not divide")
+        if self.window_size < 1:
+            fail("window_size", "must be a positive number of patches")
+        if self.patch_size < 1:
+            fail("patch_size", "must be positive")
+        grid = self.patch_grid
+        if min(grid) < 2 ** (len(self.depths) - 1):
+            fail("img_size", f"a {grid[0]}x{grid[1]} patch grid is too small for {len(self.depths)} stages")
+        if self.out_indices is not None:
+            bad = [i for i in self.out_indices if not 0 <= i < len(self.depths)]
+            if bad or not self.out_indices:
+                fail("out_indices", f"must list stages in 0..{len(self.depths) - 1}")
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        size = (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
+        return size[0] // self.patch_size, size[1] // self.patch_size
+
+    def stage_windows(self) -> list[tuple[int, int]]:
+        """(window, shift) of each stage at `img_size`: what the parameter shapes are built for."""
+        out = []
+        for i in range(len(self.depths)):
+            res = [g // 2 ** i for g in self.patch_grid]
+            out.append(windows.effective_window(res[0], res[1], self.window_size, self.window_size // 2))
+        return out
+
+    @property
+    def num_features(self) -> int:
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False):
+        if x.ndim != 4:
+            raise ValueError(f"expected images of shape (batch, height, width, {self.in_chans}) (NHWC), "
+                             f"got shape {x.shape}")
+        if x.shape[-1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} channels last (NHWC), got shape {x.shape}; "
+                             f"NCHW input needs x.transpose(0, 2, 3, 1)")
+        x = jnp.asarray(x, self.dtype)
+        x = PatchEmbed(self.patch_size, self.embed_dim, self.patch_norm, self.dtype, self.param_dtype,
+                       name="patch_embed")(x)
+        if self.ape:
+            grid = self.patch_grid
+            pos = self.param("absolute_pos_embed", trunc_normal(), (1, *grid, self.embed_dim), self.param_dtype)
+            if x.shape[1:3] != grid:
+                raise ValueError(f"absolute_pos_embed covers a {grid[0]}x{grid[1]} patch grid (img_size="
+                                 f"{self.img_size}), got a {x.shape[1]}x{x.shape[2]} grid; resize it with the "
+                                 f"converter for another input size")
+            x = x + pos.astype(self.dtype)
+        x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
+
+        rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
+        stage_maps = []
+        for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
+            window, shift = self.stage_windows()[i]
+            start = sum(self.depths[:i])
+            x = SwinStage(depth, heads, window, shift, tuple(rates[start:start + depth]), downsample=i > 0,
+                          mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
+                          drop_rate=self.drop_rate, attn_drop_rate=self.attn_drop_rate,
+                          scan_blocks=self.scan_blocks, remat=self.remat, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name=f"layers_{i}")(x, train)
+            self.sow("intermediates", f"stage{i}", x)
+            stage_maps.append(x)
+
+        if self.out_indices is not None:
+            outs = []
+            for i in self.out_indices:
+                y = stage_maps[i]
+                if self.out_norm:
+                    y = layer_norm(f"norm{i}", self.dtype, self.param_dtype)(y)
+                outs.append(y.astype(jnp.float32))
+            return tuple(outs)
+
+        x = layer_norm("norm", self.dtype, self.param_dtype)(x)
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        if not self.num_classes:
+            return x
+        x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
+        x = dense(self.num_classes, "head", self.dtype, self.param_dtype)(x.astype(self.dtype))
+        return x.astype(jnp.float32)
+
+
+def config_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(SwinTransformer) if f.name not in ("parent", "name")}
+
+
+def unstack_blocks(params: dict) -> dict:
+    """Scanned layout (`layers_i/blocks/block{0,1}`, stacked) -> unrolled layout (`layers_i/blocks_j`)."""
+    out = {}
+    for name, sub in params.items():
+        if name.startswith("layers_") and "blocks" in sub:
+            sub = dict(sub)
+            pairs = sub.pop("blocks")
+            length = jax.tree.leaves(pairs)[0].shape[0]
+            for p in range(length):
+                for b in range(2):
+                    sub[f"blocks_{2 * p + b}"] = jax.tree.map(lambda a: a[p], pairs[f"block{b}"])
+        out[name] = sub
+    return out
+
+
+def stack_blocks(params: dict) -> dict:
+    """Unrolled layout (`layers_i/blocks_j`) -> scanned layout (`layers_i/blocks/block{0,1}`)."""
+    out = {}
+    for name, sub in params.items():
+        if name.startswith("layers_") and "blocks_0" in sub:
+            sub = dict(sub)
+            depth = sum(1 for k in sub if k.startswith("blocks_"))
+            blocks = [sub.pop(f"blocks_{j}") for j in range(depth)]
+            sub["blocks"] = {f"block{b}": jax.tree.map(lambda *a: jnp.stack(a), *blocks[b::2]) for b in range(2)}
+        out[name] = sub
+    return out

@@ -1,0 +1,90 @@
+"""Window bookkeeping for Swin attention: partitioning, relative position indices and shift masks.
+
+Everything that depends only on static shapes is computed here with NumPy and cached, so that it
+enters a traced computation as a constant: the masks and indices are built once per shape at trace
+time, never per step.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+# The official implementation fills the attention mask with -100 rather than -inf. Keeping the same
+# value keeps logits identical to PyTorch (exp(-100) is not exactly zero in float32).
+MASK_VALUE = -100.0
+
+
+def effective_window(height: int, width: int, window_size: int, shift_size: int) -> tuple[int, int]:
+    """Window and shift actually used on a (height, width) map.
+
+    As in the official code, a map no larger than the window is attended as one window, unshifted.
+    """
+    if min(height, width) <= window_size:
+        return min(height, width), 0
+    return window_size, shift_size
+
+
+def window_partition(x: jnp.ndarray, window: int) -> jnp.ndarray:
+    """(B, H, W, C) with H and W multiples of `window` -> (B * num_windows, window * window, C)."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // window, window, w // window, window, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window * window, c)
+
+
+def window_reverse(windows: jnp.ndarray, window: int, height: int, width: int) -> jnp.ndarray:
+    """Inverse of `window_partition`: (B * num_windows, window * window, C) -> (B, H, W, C)."""
+    c = windows.shape[-1]
+    x = windows.reshape(-1, height // window, width // window, window, window, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, height, width, c)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)  # cached and shared: nobody may edit it in place
+    return array
+
+
+@functools.lru_cache(maxsize=None)
+def relative_position_index(window: int, table_window: int | None = None) -> np.ndarray:
+    """Index into a ((2T-1)^2, heads) bias table for every query/key pair of a window.
+
+    `table_window` (T) is the window the table was built for; a smaller `window` (a map smaller than
+    the configured window) reads the same relative offsets from the larger table. For T == window
+    this is exactly the official `relative_position_index` buffer.
+    """
+    table_window = window if table_window is None else table_window
+    if window > table_window:
+        raise ValueError(f"window {window} is larger than the bias table's window {table_window}")
+    coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij"))
+    coords = coords.reshape(2, -1)
+    relative = coords[:, :, None] - coords[:, None, :]  # (2, N, N), offsets in [-(w-1), w-1]
+    rows = relative[0] + table_window - 1
+    cols = relative[1] + table_window - 1
+    return _read_only((rows * (2 * table_window - 1) + cols).astype(np.int32))
+
+
+@functools.lru_cache(maxsize=None)
+def shifted_window_mask(height: int, width: int, window: int, shift: int) -> np.ndarray:
+    """Additive attention mask (num_windows, N, N) for a map cyclically shifted by `shift`.
+
+    After the roll, windows on the bottom and right edges hold tokens from separate parts of the
+    image; tokens from different parts get MASK_VALUE, everything else 0. (height, width) is the
+    padded map, a multiple of `window`.
+    """
+    if height % window or width % window:
+        raise ValueError(f"map {height}x{width} is not a multiple of window {window}")
+    region = np.zeros((height, width), np.int32)
+    bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    label = 0
+    for rows in bounds:
+        for cols in bounds:
+            region[rows, cols] = label
+            label += 1
+    region = region.reshape(height // window, window, width // window, window)
+    region = region.transpose(0, 2, 1, 3).reshape(-1, window * window)
+    mask = np.where(region[:, :, None] != region[:, None, :], MASK_VALUE, 0.0)
+    return _read_only(mask.astype(np.float32))
