@@ -354,12 +354,18 @@ class SwinTransformer(nn.Module):
         size = (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
         return size[0] // self.patch_size, size[1] // self.patch_size
 
-    def stage_windows(self) -> list[tuple[int, int]]:
-        """(window, shift) of each stage at `img_size`: what the parameter shapes are built for."""
+    def stage_windows(self) -> list[int]:
+        """Each stage's window at `img_size`: the size its bias tables are built for.
+
+        As in the official code, a stage whose map at `img_size` is no larger than the window gets a
+        window (and table) the size of that map. Whether a block actually shifts is decided from the
+        map it is called on (as Hugging Face and the detection backbone do), so a model built for 224
+        and run at a larger size shifts its last stage where the map has become larger than the window.
+        """
         out = []
         for i in range(len(self.depths)):
             res = [g // 2 ** i for g in self.patch_grid]
-            out.append(windows.effective_window(res[0], res[1], self.window_size, self.window_size // 2))
+            out.append(windows.effective_window(res[0], res[1], self.window_size, 0)[0])
         return out
 
     @property
@@ -390,9 +396,9 @@ class SwinTransformer(nn.Module):
         rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
         stage_maps = []
         for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
-            window, shift = self.stage_windows()[i]
+            window = self.stage_windows()[i]
             start = sum(self.depths[:i])
-            x = SwinStage(depth, heads, window, shift, tuple(rates[start:start + depth]), downsample=i > 0,
+            x = SwinStage(depth, heads, window, window // 2, tuple(rates[start:start + depth]), downsample=i > 0,
                           mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
                           drop_rate=self.drop_rate, attn_drop_rate=self.attn_drop_rate,
                           scan_blocks=self.scan_blocks, remat=self.remat, dtype=self.dtype,

@@ -1,0 +1,87 @@
+"""Convert PyTorch Swin checkpoints to swin_jax, and swin_jax models back to timm.
+
+  python -m swin_jax.convert --model swin_tiny_patch4_window7_224 --checkpoint swin_tiny.pth --output DIR
+  python -m swin_jax.convert --model swin_base_patch4_window12_384 --checkpoint swin_base_22k.pth \
+      --output DIR --map-22k-to-1k map22kto1k.txt
+  python -m swin_jax.convert --to-pytorch --checkpoint DIR --output model.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+
+from swin_jax import checkpoint
+from swin_jax.convert.loader import export_timm_state_dict, load_pytorch_checkpoint, read_class_map
+from swin_jax.convert.reader import ConversionError
+from swin_jax.models import create_model
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m swin_jax.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="timm model name the checkpoint is loaded into (PyTorch -> JAX)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="PyTorch file (.pth/.pt/.bin/.safetensors), or with --to-pytorch a converted directory")
+    parser.add_argument("--output", required=True, help="directory to create, or with --to-pytorch a .safetensors file")
+    parser.add_argument("--num-classes", type=int, help="classes of the new head (a different count drops the head)")
+    parser.add_argument("--img-size", type=int, help="input resolution the model is built for")
+    parser.add_argument("--window-size", type=int, help="attention window (bias tables are resampled to it)")
+    parser.add_argument("--map-22k-to-1k", metavar="FILE",
+                        help="official map22kto1k.txt: narrow an ImageNet-22K head to the 1000 ImageNet-1K classes")
+    parser.add_argument("--to-pytorch", action="store_true", help="export a converted directory to timm's layout")
+    return parser.parse_args(argv)
+
+
+def to_jax(args) -> None:
+    if not args.model:
+        raise ValueError("--model is required to convert a PyTorch checkpoint (e.g. swin_tiny_patch4_window7_224)")
+    overrides = {k: v for k, v in (("num_classes", args.num_classes), ("img_size", args.img_size),
+                                   ("window_size", args.window_size)) if v is not None}
+    class_map = None
+    if args.map_22k_to_1k:
+        class_map = read_class_map(args.map_22k_to_1k)
+        overrides.setdefault("num_classes", len(class_map))
+    model = create_model(args.model, **overrides)
+    variables = load_pytorch_checkpoint(args.checkpoint, model, class_map=class_map)
+    checkpoint.save_pretrained(args.output, variables, args.model, overrides)
+    print(f"wrote {args.output} ({args.model}, {overrides or 'default config'})")
+
+
+def to_pytorch(args) -> None:
+    from safetensors.numpy import save_file
+
+    if not args.output.endswith(".safetensors"):
+        raise ValueError(f"--output {args.output}: exports are written as .safetensors")
+    if os.path.exists(args.output):
+        raise FileExistsError(f"output file already exists: {args.output}")
+    model, variables, config = checkpoint.load_pretrained(args.checkpoint)
+    state = export_timm_state_dict(variables, model)
+    directory = os.path.dirname(os.path.abspath(args.output))
+    fd, staging = tempfile.mkstemp(suffix=".safetensors", dir=directory)
+    os.close(fd)
+    try:
+        save_file(state, staging, metadata={"format": "pt", "model": config["model"]})
+        os.replace(staging, args.output)
+    except BaseException:
+        os.unlink(staging)
+        raise
+    print(f"wrote {args.output} (timm layout, {config['model']}, {len(state)} tensors)")
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        (to_pytorch if args.to_pytorch else to_jax)(args)
+    except (ConversionError, ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

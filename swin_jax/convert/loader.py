@@ -1,0 +1,166 @@
+"""PyTorch state dicts <-> swin_jax variables, with strict accounting of every tensor."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from swin_jax.convert import layouts, resample
+from swin_jax.convert.reader import ConversionError, read_state_dict
+from swin_jax.models import windows
+from swin_jax.models.swin import SwinTransformer, stack_blocks, trunc_normal, unstack_blocks
+
+log = logging.getLogger(__name__)
+
+IMAGENET_22K_CLASSES = 21841
+
+
+def expected_params(model: SwinTransformer) -> dict:
+    """Shapes of the model's parameters in the unrolled layout, keyed by path tuple (no compute)."""
+    size = model.patch_grid[0] * model.patch_size, model.patch_grid[1] * model.patch_size
+    shapes = jax.eval_shape(lambda: model.clone(scan_blocks=False).init(
+        jax.random.key(0), jnp.zeros((1, *size, model.in_chans), jnp.float32)))
+    return flatten_dict(shapes["params"])
+
+
+def _natural(text: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _listing(title: str, rows: list[str], limit: int = 25) -> str:
+    rows = sorted(rows, key=_natural)
+    shown = rows[:limit] + ([f"... and {len(rows) - limit} more"] if len(rows) > limit else [])
+    return f"{title} ({len(rows)}):\n    " + "\n    ".join(shown)
+
+
+def convert_state_dict(state: dict, model: SwinTransformer, *, class_map: np.ndarray | None = None,
+                       source: str = "checkpoint") -> dict:
+    """A PyTorch Swin state dict (any of the three layouts) -> Flax variables for `model`.
+
+    Different window sizes resample the relative position bias tables (bicubic, as the official
+    code); a different patch grid resizes the absolute position embedding; a head with another
+    number of classes is dropped with a warning (or, for a 21841-class head and a 1000-class model
+    given `class_map`, narrowed to those 1000 rows). Anything else that does not fit is an error
+    listing every missing, unexpected and mis-shaped key.
+    """
+    layout, state, buffers = layouts.to_timm_layout(state)
+    _check_relative_index(buffers, source)
+    expected = expected_params(model)
+    params, missing, mismatched, used = {}, [], [], set()
+    for path, spec in expected.items():
+        key = layouts.timm_key(path)
+        if key not in state and path[0] == "head":
+            log.warning("%s has no classifier head: %s is freshly initialised", source, key)
+            params[path] = _fresh_head(path, spec.shape)
+            continue
+        if key not in state:
+            missing.append(f"{key} (expected {layouts.torch_shape(path, spec.shape)})")
+            continue
+        used.add(key)
+        value = layouts.torch_to_flax(path, np.asarray(state[key]))
+        value = _fit(path, key, value, tuple(spec.shape), model, class_map)
+        if value is None:  # a head for other classes: keep the freshly initialised one
+            value = _fresh_head(path, spec.shape)
+        if value.shape != tuple(spec.shape):
+            mismatched.append(f"{key}: expected {layouts.torch_shape(path, spec.shape)}, found {tuple(state[key].shape)}")
+            continue
+        params[path] = jnp.asarray(value, spec.dtype)
+    unexpected = sorted(set(state) - used)
+    if missing or unexpected or mismatched:
+        parts = [f"{source} ({layout} layout) does not fit {_model_summary(model)}:"]
+        if missing:
+            parts.append(_listing("missing in the checkpoint", missing))
+        if unexpected:
+            parts.append(_listing("unexpected in the checkpoint",
+                                  [f"{k} {tuple(state[k].shape)}" for k in unexpected]))
+        if mismatched:
+            parts.append(_listing("shape mismatch", mismatched))
+        found = layouts.describe(state)
+        if found:
+            parts.append("the checkpoint looks like: " + ", ".join(f"{k}={v}" for k, v in found.items()))
+        raise ConversionError("\n".join(parts))
+    tree = unflatten_dict(params)
+    return {"params": stack_blocks(tree) if model.scan_blocks else tree}
+
+
+def _model_summary(model: SwinTransformer) -> str:
+    return (f"the model (embed_dim={model.embed_dim}, depths={tuple(model.depths)}, "
+            f"num_heads={tuple(model.num_heads)}, window_size={model.window_size}, num_classes={model.num_classes})")
+
+
+def _fit(path, key, value, shape, model, class_map):
+    """Resize or select what a fine-tuning change of resolution or classes asks for."""
+    if value.shape == shape:
+        return value
+    if path[-1] == "relative_position_bias_table" and value.shape[1] == shape[1]:
+        window = (int(round(np.sqrt(shape[0]))) + 1) // 2
+        log.info("%s: resampling the bias table %s -> %s (bicubic)", key, value.shape, shape)
+        return resample.resize_bias_table(value, window)
+    if path[-1] == "absolute_pos_embed" and value.shape[-1] == shape[-1]:
+        grid = value.reshape(-1, value.shape[-1])
+        side = int(round(np.sqrt(grid.shape[0])))
+        if value.ndim == 3 and side * side != grid.shape[0]:
+            return value
+        grid = grid.reshape(value.shape[1:3] if value.ndim == 4 else (side, side), -1)
+        return resample.resize_bicubic(grid, shape[1:3])[None]
+    if path[0] == "head" and value.shape[:-1] == shape[:-1]:  # same features, other classes
+        found = value.shape[-1]
+        if class_map is not None and found == IMAGENET_22K_CLASSES and shape[-1] == len(class_map):
+            log.info("%s: narrowing the ImageNet-22K head to the %d mapped classes", key, len(class_map))
+            return value[..., class_map]
+        log.warning("%s: the checkpoint's head has %d classes, the model %d: the head is dropped and freshly "
+                    "initialised", key, found, shape[-1])
+        return None
+    return value
+
+
+def _fresh_head(path, shape):
+    init = trunc_normal() if path[-1] == "kernel" else jax.nn.initializers.zeros
+    return np.asarray(init(jax.random.key(0), tuple(shape), jnp.float32))
+
+
+def _check_relative_index(buffers: dict, source: str):
+    for key, index in buffers.items():
+        if not key.endswith("relative_position_index"):
+            continue
+        n = int(round(np.sqrt(index.size)))
+        window = int(round(np.sqrt(n)))
+        ours = windows.relative_position_index(window)
+        if window * window != n or not np.array_equal(np.asarray(index).reshape(n, n), ours):
+            raise ConversionError(f"{source}: buffer {key} is not the standard relative position index of a "
+                                  f"{window}x{window} window; this checkpoint indexes its bias table differently")
+
+
+def load_pytorch_checkpoint(path, model: SwinTransformer, *, class_map=None) -> dict:
+    """Flax variables for `model` from a PyTorch Swin checkpoint file (.pth/.pt/.bin/.safetensors)."""
+    return convert_state_dict(read_state_dict(path), model, class_map=class_map, source=str(path))
+
+
+def export_timm_state_dict(variables: dict, model: SwinTransformer) -> dict[str, np.ndarray]:
+    """Flax variables -> a timm-layout state dict of float32 numpy arrays."""
+    params = variables.get("params", variables)
+    if model.scan_blocks:
+        params = unstack_blocks(params)
+    flat = flatten_dict(jax.device_get(params))
+    if model.ape:
+        raise ConversionError("timm's Swin V1 has no absolute position embedding (ape=True cannot be exported)")
+    return {layouts.timm_key(path): np.ascontiguousarray(layouts.flax_to_torch(path, np.asarray(v, np.float32)))
+            for path, v in flat.items()}
+
+
+def read_class_map(path) -> np.ndarray:
+    """The official `map22kto1k.txt`: 1000 lines, each the ImageNet-22K index of one 1K class."""
+    try:
+        with open(path) as f:
+            rows = [line.strip() for line in f if line.strip()]
+        indices = np.array([int(r) for r in rows], np.int64)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"{path}: not a readable class map (one integer index per line): {e}") from None
+    if indices.min(initial=0) < 0 or indices.max(initial=0) >= IMAGENET_22K_CLASSES:
+        raise ConversionError(f"{path}: indices must lie in 0..{IMAGENET_22K_CLASSES - 1}")
+    return indices
