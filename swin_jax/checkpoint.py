@@ -55,8 +55,7 @@ def load_pretrained(directory: str | os.PathLike, **overrides) -> tuple[SwinTran
     with open(os.path.join(directory, CONFIG_FILE)) as f:
         config = json.load(f)
     model = create_model(config["model"], **{**config["overrides"], **overrides})
-    size = model.patch_grid[0] * model.patch_size, model.patch_grid[1] * model.patch_size
-    target = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, *size, model.in_chans))))
+    target = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, *model.input_hw, model.in_chans))))
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(os.path.join(directory, PARAMS_DIR), target["params"])
     return model, {"params": params}, config

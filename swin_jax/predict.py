@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from swin_jax import checkpoint
-from swin_jax.convert import ConversionError, layouts, load_pytorch_checkpoint, read_state_dict
+from swin_jax.convert import ConversionError, convert_state_dict, layouts, read_state_dict
 from swin_jax.models import MODELS, create_model
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -65,11 +65,10 @@ def load(path: str, model_name: str | None):
         model, variables, _ = checkpoint.load_pretrained(path)
         return model, variables
     state = read_state_dict(path)
-    if model_name is None:
-        model_name = guess_model(layouts.to_timm_layout(state)[1])
-    num_classes = layouts.describe(layouts.to_timm_layout(state)[1]).get("num_classes", 1000)
-    model = create_model(model_name, num_classes=num_classes)
-    return model, load_pytorch_checkpoint(path, model)
+    timm_state = layouts.to_timm_layout(state)[1]
+    model_name = model_name or guess_model(timm_state)
+    model = create_model(model_name, num_classes=layouts.describe(timm_state).get("num_classes", 1000))
+    return model, convert_state_dict(state, model, source=path)
 
 
 def main(argv=None) -> int:
@@ -82,7 +81,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         model, variables = load(args.checkpoint, args.model)
-        size = model.patch_grid[0] * model.patch_size
+        size = model.input_hw[0]
         batch = []
         for path in args.images:
             try:

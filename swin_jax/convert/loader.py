@@ -22,9 +22,8 @@ IMAGENET_22K_CLASSES = 21841
 
 def expected_params(model: SwinTransformer) -> dict:
     """Shapes of the model's parameters in the unrolled layout, keyed by path tuple (no compute)."""
-    size = model.patch_grid[0] * model.patch_size, model.patch_grid[1] * model.patch_size
     shapes = jax.eval_shape(lambda: model.clone(scan_blocks=False).init(
-        jax.random.key(0), jnp.zeros((1, *size, model.in_chans), jnp.float32)))
+        jax.random.key(0), jnp.zeros((1, *model.input_hw, model.in_chans), jnp.float32)))
     return flatten_dict(shapes["params"])
 
 

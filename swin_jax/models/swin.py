@@ -350,9 +350,13 @@ class SwinTransformer(nn.Module):
                 fail("out_indices", f"must list stages in 0..{len(self.depths) - 1}")
 
     @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of the images the parameters are built for (`img_size`)."""
+        return (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
+
+    @property
     def patch_grid(self) -> tuple[int, int]:
-        size = (self.img_size, self.img_size) if isinstance(self.img_size, int) else tuple(self.img_size)
-        return size[0] // self.patch_size, size[1] // self.patch_size
+        return self.input_hw[0] // self.patch_size, self.input_hw[1] // self.patch_size
 
     def stage_windows(self) -> list[int]:
         """Each stage's window at `img_size`: the size its bias tables are built for.
