@@ -89,8 +89,8 @@ def test_timm_parity_all_variants(name, tmp_path):
     check_timm_parity(name, tmp_path)
 
 
-def hf_tiny(num_labels=1000):
-    config = SwinConfig(image_size=224, patch_size=4, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+def hf_tiny(num_labels=1000, **options):
+    config = SwinConfig(**options, image_size=224, patch_size=4, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
                         window_size=7, num_labels=num_labels, hidden_act="gelu", layer_norm_eps=1e-5)
     return randomize(SwinForImageClassification(config))
 
@@ -100,6 +100,23 @@ def hf_outputs(hf, x_nhwc):
         out = hf(torch.from_numpy(x_nhwc).permute(0, 3, 1, 2), output_hidden_states=True,
                  output_hidden_states_before_downsampling=True)
     return out.logits.numpy(), [t.permute(0, 2, 3, 1).numpy() for t in out.reshaped_hidden_states[1:5]]
+
+
+def test_absolute_position_embedding_parity_and_resize():
+    hf = hf_tiny(use_absolute_embeddings=True)
+    with torch.no_grad():
+        hf.swin.embeddings.position_embeddings.normal_(0, 0.5)
+    state = numpy_state(hf)
+    model = swin_jax.create_model("swin_tiny_patch4_window7_224", ape=True)
+    variables = convert_state_dict(state, model)
+    x = images(1, 224, 224)
+    chex.assert_trees_all_close(jax_outputs(model, variables, x), hf_outputs(hf, x), rtol=RTOL, atol=ATOL)
+    # At another resolution the (1, 56*56, C) embedding is resized as F.interpolate does it.
+    big = convert_state_dict(state, swin_jax.create_model("swin_tiny_patch4_window7_224", ape=True, img_size=256))
+    flat = torch.from_numpy(state["swin.embeddings.position_embeddings"])
+    want = F.interpolate(flat.reshape(1, 56, 56, 96).permute(0, 3, 1, 2), size=(64, 64), mode="bicubic",
+                         align_corners=False).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(big["params"]["absolute_pos_embed"], want, rtol=1e-5, atol=1e-5)
 
 
 def old_hf_names(state: dict) -> dict:

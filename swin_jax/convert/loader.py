@@ -62,7 +62,7 @@ def convert_state_dict(state: dict, model: SwinTransformer, *, class_map: np.nda
             continue
         used.add(key)
         value = layouts.torch_to_flax(path, np.asarray(state[key]))
-        value = _fit(path, key, value, tuple(spec.shape), model, class_map)
+        value = _fit(path, key, value, tuple(spec.shape), class_map)
         if value is None:  # a head for other classes: keep the freshly initialised one
             value = _fresh_head(path, spec.shape)
         if value.shape != tuple(spec.shape):
@@ -92,7 +92,7 @@ def _model_summary(model: SwinTransformer) -> str:
             f"num_heads={tuple(model.num_heads)}, window_size={model.window_size}, num_classes={model.num_classes})")
 
 
-def _fit(path, key, value, shape, model, class_map):
+def _fit(path, key, value, shape, class_map):
     """Resize or select what a fine-tuning change of resolution or classes asks for."""
     if value.shape == shape:
         return value
@@ -101,12 +101,16 @@ def _fit(path, key, value, shape, model, class_map):
         log.info("%s: resampling the bias table %s -> %s (bicubic)", key, value.shape, shape)
         return resample.resize_bias_table(value, window)
     if path[-1] == "absolute_pos_embed" and value.shape[-1] == shape[-1]:
-        grid = value.reshape(-1, value.shape[-1])
-        side = int(round(np.sqrt(grid.shape[0])))
-        if value.ndim == 3 and side * side != grid.shape[0]:
-            return value
-        grid = grid.reshape(value.shape[1:3] if value.ndim == 4 else (side, side), -1)
-        return resample.resize_bicubic(grid, shape[1:3])[None]
+        if value.ndim == 3:  # official and Hugging Face keep it flat: (1, H*W, C)
+            n, side = value.shape[1], int(round(np.sqrt(value.shape[1])))
+            grid = shape[1:3] if n == shape[1] * shape[2] else (side, side) if side * side == n else None
+            if grid is None:
+                return value
+            value = value.reshape(1, *grid, shape[-1])
+        if value.shape != shape:
+            log.info("%s: resizing the position embedding %s -> %s (bicubic)", key, value.shape[1:3], shape[1:3])
+            value = resample.resize_bicubic(value[0], shape[1:3])[None]
+        return value
     if path[0] == "head" and value.shape[:-1] == shape[:-1]:  # same features, other classes
         found = value.shape[-1]
         if class_map is not None and found == IMAGENET_22K_CLASSES and shape[-1] == len(class_map):
