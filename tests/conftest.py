@@ -5,3 +5,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the fake devices are CPU devices
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # keep TensorFlow and the torch references off any GPU
+
+# torchvision's native libraries crash the process when loaded after TensorFlow's (the reverse order is
+# fine), and the parity tests need both: load the PyTorch side first.
+import torchvision  # noqa: E402,F401

@@ -1,0 +1,222 @@
+"""The input pipeline: `config.input` -> per-process tf.data batches of uint8 images -> global jax.Arrays
+(normalised, erased and mixed on device by `on_device.train_batch`).
+
+The training sequence is a function of (seed, step): epoch e is this process's share shuffled with a
+seed derived from (seed, e), cut to the same number of steps on every process, and every example's
+augmentation is drawn from (seed, process, e, position). A run resumed at step s rebuilds the pipeline
+at epoch s // steps_per_epoch and skips the steps already taken in it, so it sees exactly the batches
+the uninterrupted run would have seen. Device count does not enter: a fixed global batch over the same
+number of processes gives the same batches on 1 device or 256.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from typing import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from swin_jax.data import sources, transforms
+from swin_jax.data.sources import DataError
+
+SYNTHETIC = "synthetic"
+DEFAULT_SPLITS = {"folder": ("train", "val"), "demo": ("train", "test"), SYNTHETIC: ("train", "validation")}
+TFDS_SPLITS = ("train", "validation")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """`config.input` of the official ImageNet-1K recipe at 224; configs override what differs."""
+    c = ml_collections.ConfigDict()
+    c.dataset = "imagenet2012"  # a TFDS name, 'folder' (data_dir/{train,val}/CLASS/IMAGE), 'demo' or 'synthetic'
+    c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir, or the image folder root
+    c.train_split = ""  # '' = the source's usual name ('train')
+    c.eval_split = ""  # '' = 'validation' (TFDS), 'val' (folder), 'test' (demo)
+    c.download = False  # let TFDS download and prepare a dataset that needs no manual step
+    c.batch_size = 1024  # global, over all processes
+    c.eval_batch_size = 0  # 0 = batch_size
+    c.image_size = 224
+    c.shuffle_buffer = 10_000
+    c.cache = False  # keep the (encoded) split in memory after the first epoch
+    c.threads = 0  # tf.data private thread pool per process; 0 = TensorFlow's default
+    # Training augmentation (timm create_transform with the Swin config); erasing happens on device.
+    c.scale = (0.08, 1.0)
+    c.ratio = (3 / 4, 4 / 3)
+    c.hflip = 0.5
+    c.rand_augment = "rand-m9-mstd0.5-inc1"  # timm's RandAugment string; '' = off
+    c.random_erase = 0.25
+    c.random_erase_mode = "pixel"
+    c.interpolation = "bicubic"
+    # Mixup / CutMix / label smoothing, applied on device to the global batch.
+    c.mixup_alpha = 0.8
+    c.cutmix_alpha = 1.0
+    c.mixup_prob = 1.0
+    c.mixup_switch_prob = 0.5
+    c.label_smoothing = 0.1
+    # Evaluation: shorter side to int(size / crop_pct), centre crop; 1.0 = plain resize.
+    c.crop_pct = 0.875
+    # Synthetic data: classes and (train, eval) sizes, so epoch-based schedules still work.
+    c.num_classes = 1000
+    c.synthetic_examples = (1_281_167, 50_000)
+    c.lock()  # a misspelt field is an error, not a silently added one
+    return c
+
+
+@dataclasses.dataclass
+class Input:
+    """A pipeline of this process's batches and the numbers a training loop plans with."""
+    dataset: tf.data.Dataset  # dicts of per-process batches: image, label (and mask for evaluation)
+    num_classes: int
+    num_examples: int  # in the split, all processes together
+    steps: int  # training: steps per epoch; evaluation: steps for one pass
+    local_batch_size: int
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self.dataset.as_numpy_iterator()
+
+
+def _processes(process_index, process_count):
+    return (jax.process_index() if process_index is None else process_index,
+            jax.process_count() if process_count is None else process_count)
+
+
+def _local_batch(batch_size: int, process_count: int, field: str) -> int:
+    if batch_size <= 0 or batch_size % process_count:
+        raise DataError(f"config.input.{field}={batch_size} must be a positive multiple of the "
+                        f"{process_count} processes")
+    return batch_size // process_count
+
+
+def _split_name(config, which: int) -> str:
+    given = config.train_split if which == 0 else config.eval_split
+    return given or DEFAULT_SPLITS.get(config.dataset, TFDS_SPLITS)[which]
+
+
+def open_split(config: ml_collections.ConfigDict, split: str, process_index: int, process_count: int):
+    """This process's share of a split of the configured dataset."""
+    if config.dataset == "folder":
+        if not config.data_dir:
+            raise DataError("config.input.dataset='folder' needs config.input.data_dir, the folder that holds "
+                            "train/CLASS/IMAGE and val/CLASS/IMAGE")
+        return sources.folder_split(config.data_dir, split, process_index=process_index,
+                                    process_count=process_count, train_split=_split_name(config, 0))
+    if config.dataset == "demo":
+        return sources.demo_split(split, process_index=process_index, process_count=process_count)
+    return sources.tfds_split(config.dataset, split, data_dir=config.data_dir, process_index=process_index,
+                              process_count=process_count, download=config.download)
+
+
+def _options(config) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    if config.threads:
+        options.threading.private_threadpool_size = config.threads
+    return options
+
+
+def _example_seed(seed: int, process_index: int, epoch, position):
+    base = tf.random.experimental.stateless_fold_in(tf.constant([seed, process_index], tf.int64), epoch)
+    return tf.random.experimental.stateless_fold_in(base, position)
+
+
+def train_input(config: ml_collections.ConfigDict, *, seed: int, start_step: int = 0,
+                process_index: int | None = None, process_count: int | None = None) -> Input:
+    """An endless stream of augmented training batches for this process, starting at `start_step`."""
+    process_index, process_count = _processes(process_index, process_count)
+    local_batch = _local_batch(config.batch_size, process_count, "batch_size")
+    if config.dataset == SYNTHETIC:
+        return _synthetic(config, local_batch, seed, start_step, process_index, train=True)
+    split = open_split(config, _split_name(config, 0), process_index, process_count)
+    steps = split.total_examples // config.batch_size
+    if steps == 0:
+        raise DataError(f"the {config.dataset} training split has {split.total_examples} examples, fewer than "
+                        f"one global batch (config.input.batch_size={config.batch_size})")
+    per_epoch = steps * local_batch  # every process takes the same number; the rest waits for next epoch
+    base = split.dataset.cache() if config.cache else split.dataset
+    start_epoch, skip_steps = divmod(start_step, steps)
+    shuffle_buffer = max(1, min(config.shuffle_buffer, split.num_examples))
+
+    def epoch(e):
+        # fold_in only replaces the second seed word, so draw an order seed from the folded pair.
+        folded = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0x5EED], tf.int64), e)
+        order_seed = tf.random.stateless_uniform([], folded, minval=None, maxval=None, dtype=tf.int64)
+        examples = base.shuffle(shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False)
+        examples = examples.take(per_epoch).enumerate()
+        examples = examples.map(lambda i, ex: dict(ex, seed=_example_seed(seed, process_index, e, i)))
+        return examples.skip(tf.where(e == start_epoch, tf.constant(skip_steps * local_batch, tf.int64), 0))
+
+    def augment(ex):
+        image = transforms.train_transform(
+            ex["image"], ex["seed"], size=config.image_size, scale=tuple(config.scale),
+            ratio=tuple(config.ratio), hflip=config.hflip, rand_augment=config.rand_augment,
+            interpolation=config.interpolation)
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+
+    dataset = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+    dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(local_batch, drop_remainder=True)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+    return Input(dataset, split.num_classes, split.total_examples, steps, local_batch)
+
+
+def eval_input(config: ml_collections.ConfigDict, *, split: str | None = None,
+               process_index: int | None = None, process_count: int | None = None) -> Input:
+    """One pass over an evaluation split. Every process runs the same number of batches; the last ones
+    are padded with examples whose `mask` is False, so each real example counts exactly once."""
+    process_index, process_count = _processes(process_index, process_count)
+    local_batch = _local_batch(config.eval_batch_size or config.batch_size, process_count, "eval_batch_size")
+    if config.dataset == SYNTHETIC:
+        return _synthetic(config, local_batch, 0, 0, process_index, train=False)
+    data = open_split(config, split or _split_name(config, 1), process_index, process_count)
+    steps = math.ceil(data.max_process_examples / local_batch)
+
+    def preprocess(ex):
+        image = transforms.eval_transform(ex["image"], size=config.image_size, crop_pct=config.crop_pct,
+                                          interpolation=config.interpolation)
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32), "mask": tf.constant(True)}
+
+    size = config.image_size
+    padding = tf.data.Dataset.from_tensors({"image": tf.zeros([size, size, 3], tf.uint8), "label": tf.constant(0),
+                                            "mask": tf.constant(False)})
+    base = data.dataset.cache() if config.cache else data.dataset
+    dataset = base.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.concatenate(padding.repeat(steps * local_batch - data.num_examples))
+    dataset = dataset.batch(local_batch, drop_remainder=True)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+    return Input(dataset, data.num_classes, data.total_examples, steps, local_batch)
+
+
+def _synthetic(config, local_batch, seed, start_step, process_index, *, train: bool) -> Input:
+    """Random images and labels made in memory: the model's speed without any input cost."""
+    size, classes = config.image_size, config.num_classes
+    examples = config.synthetic_examples[0 if train else 1]
+
+    def batch(step):
+        seeds = tf.random.experimental.stateless_split(_example_seed(seed, process_index, 0, step), 2)
+        return {"image": tf.random.stateless_uniform([local_batch, size, size, 3], seeds[0], 0, 256, tf.int32),
+                "label": tf.random.stateless_uniform([local_batch], seeds[1], 0, classes, tf.int32)}
+
+    steps = examples // config.batch_size if train else math.ceil(examples / config.batch_size)
+    last = np.iinfo(np.int64).max if train else steps
+    dataset = tf.data.Dataset.range(start_step, last).map(batch)
+    if not train:
+        dataset = dataset.map(lambda b: dict(b, mask=tf.ones([local_batch], tf.bool)))
+    dataset = dataset.map(lambda b: dict(b, image=tf.cast(b["image"], tf.uint8)))
+    dataset = dataset.prefetch(2).with_options(_options(config))
+    return Input(dataset, classes, examples, max(steps, 1), local_batch)
+
+
+def to_global(batches, sharding: jax.sharding.Sharding, *, ahead: int = 2) -> Iterator[dict[str, jax.Array]]:
+    """Per-process numpy batches -> global jax.Arrays laid out by `sharding` (its mesh's batch axes),
+    keeping `ahead` batches in flight so the transfer overlaps the step."""
+    queue = collections.deque()
+    for batch in batches:
+        queue.append({k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()})
+        if len(queue) > ahead:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()

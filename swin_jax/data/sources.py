@@ -1,0 +1,208 @@
+"""Where examples come from: TFDS datasets, image folders and the offline demo dataset.
+
+Every source hands the pipeline the same thing, a `Split`: this process's share of one split as a
+`tf.data.Dataset` of {"image": encoded bytes or uint8 HxWx3, "label": int64} in a fixed order, plus
+the counts the pipeline needs to give every process the same number of steps.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+# Formats TensorFlow's decoders read; anything else in a folder is reported and skipped.
+DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+DEMO_IMAGE_SIZE = 32
+DEMO_TEST_EXAMPLES = 360
+
+
+class DataError(ValueError):
+    """Data that cannot be used as configured; the message names the dataset, folder or file."""
+
+
+@dataclasses.dataclass
+class Split:
+    dataset: tf.data.Dataset  # this process's examples, in a fixed order
+    num_examples: int  # in this process's share
+    max_process_examples: int  # the largest share over all processes (equal step counts)
+    total_examples: int  # in the whole split, over all processes
+    num_classes: int
+
+
+def _shares(n: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """Sizes of this process's share and of the largest share when n examples are dealt out evenly."""
+    return n // process_count + (process_index < n % process_count), math.ceil(n / process_count)
+
+
+# ---------------------------------------------------------------------------------------------------
+# TFDS
+
+
+def _not_prepared_message(builder, name: str, data_dir: str | None) -> str:
+    where = data_dir or builder.data_dir_root
+    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+        manual = os.path.join(where, "downloads", "manual")
+        return (f"TFDS dataset {name!r} is not prepared in {where}. It needs a manual download:"
+                f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS.rstrip()}\n"
+                f"Put those files in {manual} and run\n"
+                f"  tfds build {name} --data_dir={where} --manual_dir={manual}")
+    return (f"TFDS dataset {name!r} is not prepared in {where}. On a machine with internet run\n"
+            f"  tfds build {name} --data_dir={where}\n"
+            f"or set config.input.download=True to fetch it at start-up.")
+
+
+def tfds_split(name: str, split: str, *, data_dir: str | None, process_index: int, process_count: int,
+               download: bool = False) -> Split:
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(f"unknown dataset {name!r}: not a TFDS dataset name, nor 'folder', 'demo' or "
+                        "'synthetic' (see `tfds.list_builders()` for the TFDS names)") from None
+    # Under tfds.testing.mock_data the builder reports not prepared but serves generated examples.
+    if not _is_mocked() and not builder.is_prepared():
+        if not download:
+            raise DataError(_not_prepared_message(builder, name, data_dir))
+        builder.download_and_prepare()
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise DataError(f"TFDS dataset {name!r} has no 'image' and 'label' features ({list(features)}); "
+                        "only image classification datasets can be used")
+    splits = builder.info.splits
+    if splits and split not in splits:
+        raise DataError(f"TFDS dataset {name!r} has no split {split!r}; it has {sorted(splits)}")
+    shard = tfds.even_splits(split, n=process_count)[process_index]
+    dataset = builder.as_dataset(split=shard, shuffle_files=False,
+                                 decoders={"image": tfds.decode.SkipDecoding()},
+                                 read_config=tfds.ReadConfig(add_tfds_id=False))
+    dataset = dataset.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    if splits:
+        total = splits[split].num_examples
+        local, largest = _shares(total, process_index, process_count)
+    else:  # mocked data: every share is the whole mock split
+        local = largest = total = int(dataset.cardinality())
+    return Split(dataset, local, largest, total, features["label"].num_classes)
+
+
+def _is_mocked() -> bool:
+    import tensorflow_datasets as tfds
+
+    # mock_data patches DatasetBuilder.as_dataset with a function of its testing module.
+    return tfds.core.DatasetBuilder.as_dataset.__module__.startswith("tensorflow_datasets.testing")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Image folders: root/{train,val}/CLASS/IMAGE
+
+
+def _check_image(path: str) -> str | None:
+    """Why the file cannot be trained on, or None. Decodes fully (at 1/8 scale for JPEGs) so a truncated
+    file is caught here and not hours into training."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.format not in DECODABLE_FORMATS:
+                return f"unsupported image format {image.format}"
+            if image.format == "JPEG":
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except Exception as e:  # PIL raises many types for bad files; each is a reason to skip
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _list_images(directory: str, classes: list[str]) -> tuple[list[str], list[int]]:
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        folder = os.path.join(directory, name)
+        for root, _, files in sorted(os.walk(folder)):
+            for file in sorted(files):
+                if file.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(root, file))
+                    labels.append(label)
+    return paths, labels
+
+
+def folder_classes(root: str, train_split: str = "train") -> list[str]:
+    train_dir = os.path.join(root, train_split)
+    if not os.path.isdir(train_dir):
+        raise DataError(f"image folder {train_dir} does not exist; expected {root}/{train_split}/CLASS/IMAGE")
+    classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
+    if not classes:
+        raise DataError(f"image folder {train_dir} has no class sub-folders")
+    return classes
+
+
+def folder_split(root: str, split: str, *, process_index: int, process_count: int,
+                 train_split: str = "train", check_workers: int | None = None) -> Split:
+    """One split of root/{train,val}/CLASS/IMAGE. Classes are the sorted sub-folders of the train split,
+    so labels agree between splits; unreadable files are skipped with a warning naming each one."""
+    classes = folder_classes(root, train_split)
+    directory = os.path.join(root, split)
+    if not os.path.isdir(directory):
+        raise DataError(f"image folder {directory} does not exist")
+    present = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
+    unknown = sorted(set(present) - set(classes))
+    if unknown:
+        raise DataError(f"classes {unknown} are in {directory} but not in {os.path.join(root, train_split)}; "
+                        "labels come from the train classes, so every class must have training images")
+    paths, labels = _list_images(directory, classes)
+    if not paths:
+        raise DataError(f"image folder {directory} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    # Every process checks the full list so that all agree on the examples and step counts.
+    with concurrent.futures.ThreadPoolExecutor(check_workers or min(32, (os.cpu_count() or 1) * 4)) as pool:
+        problems = list(pool.map(_check_image, paths))
+    bad = [(p, why) for p, why in zip(paths, problems) if why]
+    for path, why in bad:
+        log.warning("skipping %s: %s", path, why)
+    if bad:
+        log.warning("skipped %d of %d files in %s that are not readable images", len(bad), len(paths), directory)
+    keep = [i for i, why in enumerate(problems) if not why]
+    if not keep:
+        raise DataError(f"image folder {directory}: none of its {len(paths)} files is a readable image")
+    paths = np.array(paths)[keep][process_index::process_count]
+    labels = np.array(labels, np.int64)[keep][process_index::process_count]
+    local, largest = _shares(len(keep), process_index, process_count)
+    dataset = tf.data.Dataset.from_tensor_slices({"path": paths, "label": labels})
+    dataset = dataset.map(lambda ex: {"image": tf.io.read_file(ex["path"]), "label": ex["label"]})
+    return Split(dataset, local, largest, len(keep), len(classes))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The offline demo dataset: scikit-learn's handwritten digits, upsampled
+
+
+def demo_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The 1797 8x8 digits shipped inside scikit-learn, upsampled (bicubic) to 32x32 RGB uint8, with a
+    fixed split: 360 test images, 1437 train images."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    if split not in ("train", "test"):
+        raise DataError(f"the demo dataset has splits 'train' and 'test', not {split!r}")
+    digits = load_digits()
+    small = np.clip(digits.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(im).resize((DEMO_IMAGE_SIZE,) * 2, Image.BICUBIC)) for im in small])
+    images = np.repeat(big[..., None], 3, axis=-1)
+    order = np.random.RandomState(0).permutation(len(images))
+    take = order[:DEMO_TEST_EXAMPLES] if split == "test" else order[DEMO_TEST_EXAMPLES:]
+    return images[take], digits.target[take].astype(np.int64)
+
+
+def demo_split(split: str, *, process_index: int, process_count: int) -> Split:
+    images, labels = demo_arrays(split)
+    local, largest = _shares(len(images), process_index, process_count)
+    dataset = tf.data.Dataset.from_tensor_slices({"image": images[process_index::process_count],
+                                                  "label": labels[process_index::process_count]})
+    return Split(dataset, local, largest, len(images), 10)

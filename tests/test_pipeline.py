@@ -1,0 +1,115 @@
+import itertools
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from swin_jax import data
+from swin_jax.data.sources import DataError
+
+import multiprocess
+
+
+def _demo(**kw) -> ml_collections.ConfigDict:
+    config = data.default_config()
+    config.update(dict(dataset="demo", image_size=32, batch_size=32, shuffle_buffer=512), **kw)
+    return config
+
+
+def _take(pipeline, n):
+    return list(itertools.islice(iter(pipeline), n))
+
+
+@pytest.fixture(scope="module")
+def reference_batches():
+    """The first two epochs and a bit (44 steps per epoch) of the demo training stream."""
+    return _take(data.train_input(_demo(), seed=3), 50)
+
+
+def test_same_seed_same_batches_other_seed_other_batches(reference_batches):
+    again = _take(data.train_input(_demo(), seed=3), 3)
+    for a, b in zip(again, reference_batches):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    other = _take(data.train_input(_demo(), seed=4), 1)[0]
+    assert not np.array_equal(other["label"], reference_batches[0]["label"])
+
+
+def test_epochs_are_permutations_and_differ():
+    """With augmentation off the stream shows the data itself: no image twice in an epoch."""
+    plain = _demo(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, rand_augment="")
+    training = data.train_input(plain, seed=3)
+    assert training.steps == 1437 // 32 == 44
+    batches = _take(training, 2 * training.steps)
+    images, _ = data.sources.demo_arrays("train")
+    index = {x.tobytes(): i for i, x in enumerate(images)}
+    order = [[index[x.tobytes()] for b in batches[e * 44:(e + 1) * 44] for x in b["image"]] for e in (0, 1)]
+    assert all(len(set(o)) == len(o) == 44 * 32 for o in order)
+    assert order[0][:64] != order[1][:64]  # each epoch has its own order
+
+
+@pytest.mark.parametrize("start", [1, 44, 47])
+def test_resumed_stream_continues_the_same_sequence(reference_batches, start):
+    resumed = _take(data.train_input(_demo(), seed=3, start_step=start), 2)
+    for i, batch in enumerate(resumed):
+        np.testing.assert_array_equal(batch["image"], reference_batches[start + i]["image"])
+        np.testing.assert_array_equal(batch["label"], reference_batches[start + i]["label"])
+
+
+def test_global_batches_do_not_depend_on_the_device_count(reference_batches):
+    devices = jax.devices()
+    assert len(devices) == 8
+    got = []
+    for n in (1, 8):
+        mesh = jax.make_mesh((n,), ("data",), devices=devices[:n])
+        sharding = NamedSharding(mesh, P("data"))
+        batch = next(data.to_global(iter(data.train_input(_demo(), seed=3)), sharding))
+        assert batch["image"].shape == (32, 32, 32, 3) and batch["image"].sharding == sharding
+        assert len(batch["image"].addressable_shards) == n
+        got.append(jax.device_get(batch))
+    for key in ("image", "label"):
+        np.testing.assert_array_equal(got[0][key], got[1][key])
+        np.testing.assert_array_equal(got[0][key], reference_batches[0][key])
+
+
+def test_processes_read_disjoint_shares():
+    labels = [_take(data.train_input(_demo(batch_size=30), seed=0, process_index=p, process_count=3), 1)[0]
+              for p in range(3)]
+    assert all(b["image"].shape == (10, 32, 32, 3) for b in labels)
+    assert not np.array_equal(labels[0]["image"], labels[1]["image"])
+
+
+def test_synthetic_source_needs_no_data():
+    config = data.default_config()
+    config.update(dict(dataset="synthetic", image_size=48, batch_size=8, num_classes=5))
+    training = data.train_input(config, seed=0)
+    first, second = _take(training, 2)
+    assert first["image"].shape == (8, 48, 48, 3) and first["image"].dtype == np.uint8
+    assert first["image"].min() == 0 and first["image"].max() == 255
+    assert first["label"].max() < 5 and not np.array_equal(first["image"], second["image"])
+    assert training.steps == 1_281_167 // 8
+    evaluation = data.eval_input(config)
+    assert evaluation.steps == 50_000 // 8 and next(iter(evaluation))["mask"].all()
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(DataError, match="config.input.batch_size=30 must be a positive multiple of the 4"):
+        data.train_input(_demo(batch_size=30), seed=0, process_index=0, process_count=4)
+    with pytest.raises(DataError, match="fewer than one global batch"):
+        data.train_input(_demo(batch_size=4096), seed=0)
+    with pytest.raises(KeyError, match='Did you mean "mixup_alpha"'):
+        _demo(mixup_aplha=0.5)  # a misspelt field is refused, not silently added
+
+
+def test_two_processes_assemble_one_global_batch():
+    """Two JAX processes of 4 devices: each reads its own share, and together they form the global batch
+    that one process with both shares would build."""
+    results = multiprocess.run("data_worker.py", 2, 4)
+    shares = [next(iter(data.train_input(_demo(), seed=3, process_index=p, process_count=2)))["label"]
+              for p in range(2)]
+    for p, result in enumerate(results):
+        assert result["shape"] == [32, 32, 32, 3] and result["shards"] == 4
+        assert result["local_labels"] == shares[p].tolist()
+        assert result["label_sum"] == int(sum(s.sum() for s in shares))
