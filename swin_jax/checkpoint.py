@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -59,3 +60,101 @@ def load_pretrained(directory: str | os.PathLike, **overrides) -> tuple[SwinTran
     with ocp.StandardCheckpointer() as checkpointer:
         params = checkpointer.restore(os.path.join(directory, PARAMS_DIR), target["params"])
     return model, {"params": params}, config
+
+
+def _path_name(path) -> str:
+    """'params/layers_0/...' for a key path, whether its entries are dict keys, attributes or indices
+    (saved metadata turns dataclass and named-tuple fields into dict keys)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+class CheckpointError(ValueError):
+    """A training checkpoint that cannot be restored into the configured model."""
+
+
+class TrainCheckpoints:
+    """Training checkpoints in `directory` (orbax CheckpointManager): the whole train state per step,
+    saved in the background. Keeps the last `keep` steps and the best by eval top-1. Orbax writes each
+    step beside its final name and renames it when complete, so a half-written step is never listed;
+    a listed step that still fails to restore is skipped with a warning."""
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 3):
+        from orbax.checkpoint import checkpoint_managers as policies
+
+        keep_policy = policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            policies.BestN(get_metric_fn=lambda m: m["eval_top1"], reverse=True, n=1,
+                           keep_checkpoints_without_metrics=False)])
+        options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
+                                               preservation_policy=keep_policy)
+        self.directory = os.path.abspath(os.fspath(directory))
+        # Naming the handler lets a fresh process read a step's metadata before restoring it.
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_handlers=ocp.StandardCheckpointHandler())
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def save(self, step: int, state, *, metrics: dict | None = None, force: bool = False) -> None:
+        self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=force)
+
+    def reached_preemption(self, step: int) -> bool:
+        """True on every process at the same step once any of them was told to stop (multi-process
+        jobs, through JAX's preemption sync point)."""
+        return self.manager.reached_preemption(step)
+
+    def _check_fits(self, step: int, target) -> None:
+        """Compare the saved tree with the target before restoring, so another model variant gives an
+        error naming the parameters instead of a shape error from deep inside the restore."""
+        saved = self.manager.item_metadata(step)
+        saved = getattr(saved, "tree", saved)
+        flat_saved = {_path_name(k): getattr(v, "shape", None) for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
+        flat_target = {_path_name(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(target)[0]}
+        unexpected = sorted(set(flat_saved) - set(flat_target))
+        params_first = lambda k: (not k.startswith("params/"), k)  # noqa: E731  the optimiser state mirrors them
+        unexpected.sort(key=params_first)
+        mismatched = [f"{k}: saved {tuple(flat_saved[k])}, model {flat_target[k]}"
+                      for k in sorted(set(flat_saved) & set(flat_target), key=params_first)
+                      if flat_saved[k] is not None and tuple(flat_saved[k]) != flat_target[k]]
+        # Leaves only missing could be damage; shapes that differ or leaves the model lacks cannot be.
+        if unexpected or mismatched:
+            lines = [f"checkpoint step {step} in {self.directory} was written by another model or optimiser:"]
+            for title, rows in (("shape mismatch", mismatched), ("not in the model", unexpected)):
+                if rows:
+                    lines.append(f"  {title} ({len(rows)}): " + "; ".join(rows[:8]) +
+                                 (f"; ... and {len(rows) - 8} more" if len(rows) > 8 else ""))
+            raise CheckpointError("\n".join(lines))
+
+    def restore_latest(self, target) -> tuple[int | None, object]:
+        """(step, state) of the newest step that restores, laid out as `target` (ShapeDtypeStructs with
+        shardings: any device count or sharding works); (None, None) if there is none. Damaged steps
+        are skipped with a warning; a step from another model, or no step that restores, is an error."""
+        failures = []
+        for step in reversed(self.steps()):
+            try:
+                self._check_fits(step, target)
+                return step, self.manager.restore(step, args=ocp.args.StandardRestore(target))
+            except CheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001  damaged files raise many kinds of error
+                reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                logging.getLogger(__name__).warning("skipping checkpoint step %d in %s, it does not restore: %s",
+                                                    step, self.directory, reason)
+                failures.append(f"step {step}: {reason}")
+        if failures:  # never start over silently on top of checkpoints that exist
+            raise CheckpointError(f"no checkpoint in {self.directory} restores into this run:\n  " +
+                                  "\n  ".join(failures))
+        return None, None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

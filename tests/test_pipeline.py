@@ -91,7 +91,7 @@ def test_synthetic_source_needs_no_data():
     assert first["label"].max() < 5 and not np.array_equal(first["image"], second["image"])
     assert training.steps == 1_281_167 // 8
     evaluation = data.eval_input(config)
-    assert evaluation.steps == 50_000 // 8 and next(iter(evaluation))["mask"].all()
+    assert evaluation.steps == len(list(evaluation)) == 2 and next(iter(evaluation))["mask"].all()
 
 
 def test_config_errors_name_the_field():
@@ -113,3 +113,16 @@ def test_two_processes_assemble_one_global_batch():
         assert result["shape"] == [32, 32, 32, 3] and result["shards"] == 4
         assert result["local_labels"] == shares[p].tolist()
         assert result["label_sum"] == int(sum(s.sum() for s in shares))
+
+
+def test_global_sharding_gives_the_same_batches_for_any_process_count():
+    one = _take(data.train_input(_demo(shard="global"), seed=3, start_step=5, process_index=0, process_count=1), 2)
+    for count in (2, 4):
+        parts = [_take(data.train_input(_demo(shard="global"), seed=3, start_step=5, process_index=p,
+                                        process_count=count), 2) for p in range(count)]
+        for step in range(2):
+            for key in ("image", "label"):
+                joined = np.concatenate([parts[p][step][key] for p in range(count)])
+                np.testing.assert_array_equal(joined, one[step][key])
+    with pytest.raises(DataError, match="config.input.shard must be 'process' or 'global'"):
+        data.train_input(_demo(shard="hosts"), seed=0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 import jax
 import ml_collections
@@ -41,6 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 0  # 0 = batch_size
     c.image_size = 224
     c.shuffle_buffer = 10_000
+    c.shard = "process"  # 'process': each reads its share; 'global': same batches for any process count
     c.cache = False  # keep the (encoded) split in memory after the first epoch
     c.threads = 0  # tf.data private thread pool per process; 0 = TensorFlow's default
     # Training augmentation (timm create_transform with the Swin config); erasing happens on device.
@@ -59,9 +60,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.1
     # Evaluation: shorter side to int(size / crop_pct), centre crop; 1.0 = plain resize.
     c.crop_pct = 0.875
-    # Synthetic data: classes and (train, eval) sizes, so epoch-based schedules still work.
+    # Synthetic data: classes and the size of an epoch, so epoch-based schedules still work. Its
+    # evaluation split is two batches: it exercises the code, its numbers mean nothing.
     c.num_classes = 1000
-    c.synthetic_examples = (1_281_167, 50_000)
+    c.synthetic_examples = 1_281_167
     c.lock()  # a misspelt field is an error, not a silently added one
     return c
 
@@ -74,6 +76,11 @@ class Input:
     num_examples: int  # in the split, all processes together
     steps: int  # training: steps per epoch; evaluation: steps for one pass
     local_batch_size: int
+    build: Callable[[int], tf.data.Dataset] | None = None  # training: the stream from a given step
+
+    def starting_at(self, step: int) -> "Input":
+        """The same training stream from `step` on, without opening the data again."""
+        return dataclasses.replace(self, dataset=self.build(step))
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self.dataset.as_numpy_iterator()
@@ -128,26 +135,36 @@ def train_input(config: ml_collections.ConfigDict, *, seed: int, start_step: int
     """An endless stream of augmented training batches for this process, starting at `start_step`."""
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(config.batch_size, process_count, "batch_size")
+    if config.shard not in ("process", "global"):
+        raise DataError(f"config.input.shard must be 'process' or 'global', not {config.shard!r}")
     if config.dataset == SYNTHETIC:
         return _synthetic(config, local_batch, seed, start_step, process_index, train=True)
-    split = open_split(config, _split_name(config, 0), process_index, process_count)
+    # 'process': each process reads only its share (scales to pods; the order depends on the process
+    # count). 'global': each reads the whole stream and keeps its rows of every global batch, decoding
+    # only those: the batches are the same for any number of processes.
+    whole = config.shard == "global"
+    reader_index, reader_count = (0, 1) if whole else (process_index, process_count)
+    split = open_split(config, _split_name(config, 0), reader_index, reader_count)
     steps = split.total_examples // config.batch_size
     if steps == 0:
         raise DataError(f"the {config.dataset} training split has {split.total_examples} examples, fewer than "
                         f"one global batch (config.input.batch_size={config.batch_size})")
-    per_epoch = steps * local_batch  # every process takes the same number; the rest waits for next epoch
+    step_examples = config.batch_size if whole else local_batch  # what this stream holds per step
+    per_epoch = steps * step_examples  # every process takes the same number; the rest waits for next epoch
     base = split.dataset.cache() if config.cache else split.dataset
-    start_epoch, skip_steps = divmod(start_step, steps)
     shuffle_buffer = max(1, min(config.shuffle_buffer, split.num_examples))
 
-    def epoch(e):
+    def epoch(e, start_epoch, skip_steps):
         # fold_in only replaces the second seed word, so draw an order seed from the folded pair.
         folded = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0x5EED], tf.int64), e)
         order_seed = tf.random.stateless_uniform([], folded, minval=None, maxval=None, dtype=tf.int64)
         examples = base.shuffle(shuffle_buffer, seed=order_seed, reshuffle_each_iteration=False)
         examples = examples.take(per_epoch).enumerate()
-        examples = examples.map(lambda i, ex: dict(ex, seed=_example_seed(seed, process_index, e, i)))
-        return examples.skip(tf.where(e == start_epoch, tf.constant(skip_steps * local_batch, tf.int64), 0))
+        examples = examples.map(lambda i, ex: dict(ex, seed=_example_seed(seed, reader_index, e, i)))
+        return examples.skip(tf.where(e == start_epoch, tf.constant(skip_steps * step_examples, tf.int64), 0))
+
+    def own_rows(batch):
+        return {k: v[process_index * local_batch:(process_index + 1) * local_batch] for k, v in batch.items()}
 
     def augment(ex):
         image = transforms.train_transform(
@@ -156,11 +173,17 @@ def train_input(config: ml_collections.ConfigDict, *, seed: int, start_step: int
             interpolation=config.interpolation)
         return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
 
-    dataset = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-    dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.batch(local_batch, drop_remainder=True)
-    dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
-    return Input(dataset, split.num_classes, split.total_examples, steps, local_batch)
+    def build(start):
+        start_epoch, skip_steps = divmod(start, steps)
+        dataset = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
+        dataset = dataset.flat_map(lambda e: epoch(e, start_epoch, skip_steps))
+        if whole:
+            dataset = dataset.batch(config.batch_size, drop_remainder=True).map(own_rows).unbatch()
+        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.batch(local_batch, drop_remainder=True)
+        return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+
+    return Input(build(start_step), split.num_classes, split.total_examples, steps, local_batch, build)
 
 
 def eval_input(config: ml_collections.ConfigDict, *, split: str | None = None,
@@ -193,21 +216,23 @@ def eval_input(config: ml_collections.ConfigDict, *, split: str | None = None,
 def _synthetic(config, local_batch, seed, start_step, process_index, *, train: bool) -> Input:
     """Random images and labels made in memory: the model's speed without any input cost."""
     size, classes = config.image_size, config.num_classes
-    examples = config.synthetic_examples[0 if train else 1]
+    examples = config.synthetic_examples if train else 2 * (config.eval_batch_size or config.batch_size)
 
     def batch(step):
         seeds = tf.random.experimental.stateless_split(_example_seed(seed, process_index, 0, step), 2)
         return {"image": tf.random.stateless_uniform([local_batch, size, size, 3], seeds[0], 0, 256, tf.int32),
                 "label": tf.random.stateless_uniform([local_batch], seeds[1], 0, classes, tf.int32)}
 
-    steps = examples // config.batch_size if train else math.ceil(examples / config.batch_size)
-    last = np.iinfo(np.int64).max if train else steps
-    dataset = tf.data.Dataset.range(start_step, last).map(batch)
-    if not train:
-        dataset = dataset.map(lambda b: dict(b, mask=tf.ones([local_batch], tf.bool)))
-    dataset = dataset.map(lambda b: dict(b, image=tf.cast(b["image"], tf.uint8)))
-    dataset = dataset.prefetch(2).with_options(_options(config))
-    return Input(dataset, classes, examples, max(steps, 1), local_batch)
+    steps = examples // config.batch_size if train else 2
+
+    def build(start):
+        dataset = tf.data.Dataset.range(start, np.iinfo(np.int64).max if train else steps).map(batch)
+        if not train:
+            dataset = dataset.map(lambda b: dict(b, mask=tf.ones([local_batch], tf.bool)))
+        dataset = dataset.map(lambda b: dict(b, image=tf.cast(b["image"], tf.uint8)))
+        return dataset.prefetch(2).with_options(_options(config))
+
+    return Input(build(start_step), classes, examples, max(steps, 1), local_batch, build if train else None)
 
 
 def to_global(batches, sharding: jax.sharding.Sharding, *, ahead: int = 2) -> Iterator[dict[str, jax.Array]]:

@@ -1,0 +1,53 @@
+"""The official Swin recipe (ImageNet-1K from scratch, 300 epochs) shared by every config.
+
+Not run directly; configs/swin_*.py, demo.py and the fine-tuning configs start from `get_config()`.
+"""
+
+import ml_collections
+
+from swin_jax import data
+
+
+def get_config(model: str = "swin_tiny_patch4_window7_224") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = model
+    config.model_overrides = ml_collections.ConfigDict()  # any SwinTransformer field, e.g. drop_path_rate
+    config.model_dtype = "float32"  # compute dtype; 'bfloat16' for mixed precision (parameters stay fp32)
+    config.remat = False  # recompute each block pair in the backward pass to save memory
+
+    # Fields every run has; `dataset`, `batch_size` and `image_size` are shared with config.input.
+    config.dataset = "imagenet2012"
+    config.batch_size = 1024  # global, over all devices and processes
+    config.image_size = 224
+    config.seed = 0
+    config.total_steps = 0  # > 0 overrides `epochs`
+    config.log_every_steps = 100
+    config.eval_every_steps = 0  # 0 = once per epoch
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 3
+
+    config.input = data.default_config()
+    config.input.dataset = config.get_ref("dataset")
+    config.input.batch_size = config.get_ref("batch_size")
+    config.input.image_size = config.get_ref("image_size")
+
+    # Optimiser and schedule (official config.py); learning rates are per 512 images.
+    config.epochs = 300
+    config.warmup_epochs = 20
+    config.base_lr = 5e-4
+    config.warmup_lr = 5e-7
+    config.min_lr = 5e-6
+    config.lr_base_batch_size = 512
+    config.weight_decay = 0.05
+    config.betas = (0.9, 0.999)
+    config.eps = 1e-8
+    config.clip_grad = 5.0  # global norm; 0 = off
+    config.grad_accum_steps = 1
+    config.layer_decay = 1.0  # < 1: layer-wise lr decay (fine-tuning)
+    config.ema_decay = 0.0  # > 0: keep and evaluate an EMA of the weights
+
+    config.fsdp = False  # shard parameters and optimiser state over the data axis
+    config.eval_only = False
+    config.init_from = ""  # a `python -m swin_jax.convert` directory or a PyTorch checkpoint file
+    config.init_class_map = ""  # map22kto1k.txt when narrowing a 22K head to 1K
+    return config

@@ -1,0 +1,239 @@
+"""train_and_evaluate(config, workdir): the whole training run, flat enough to read top to bottom."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from swin_jax import checkpoint, data
+from swin_jax.models import create_model
+from swin_jax.train import optim, sharding
+from swin_jax.train.metrics import MetricWriter
+from swin_jax.train.steps import TrainState, make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on: a non-finite loss, or a configuration that cannot work."""
+
+
+class SigtermFlag:
+    """Notes a SIGTERM (what TPU maintenance and Kubernetes send before killing a job) so the loop can
+    save and stop at the next step. Multi-process jobs also get JAX's preemption sync point, which
+    makes every process stop at the same step."""
+
+    def __init__(self):
+        self.raised = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum, frame):
+        self.raised = True
+
+    def restore(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def initialize_distributed() -> None:
+    """Join the other processes of a multi-host job. TPU pods, SLURM and Open MPI are detected by JAX;
+    elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
+    cluster = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
+               "OMPI_COMM_WORLD_SIZE")
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    if jax.distributed.is_initialized() or not (slurm or any(k in os.environ for k in cluster)):
+        return
+    kwargs = {}
+    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+        kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                      process_id=int(os.environ["JAX_PROCESS_ID"]))
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+
+
+def build_model(config, num_classes: int):
+    return create_model(config.model, num_classes=num_classes, img_size=config.input.image_size,
+                        dtype=jnp.dtype(config.model_dtype), remat=config.remat, **config.model_overrides)
+
+
+def load_init(path: str, model, class_map_path: str = ""):
+    """Parameters for `model` from a converted directory or a PyTorch checkpoint file, resampling bias
+    tables and resetting a head for other classes as the converter does."""
+    from swin_jax.convert import convert_state_dict, export_timm_state_dict, load_pytorch_checkpoint
+    from swin_jax.convert.loader import read_class_map
+
+    class_map = read_class_map(class_map_path) if class_map_path else None
+    if checkpoint.is_pretrained_dir(path):
+        source_model, variables, _ = checkpoint.load_pretrained(path)
+        state = export_timm_state_dict(variables, source_model)
+        return convert_state_dict(state, model, class_map=class_map, source=path)["params"]
+    if not os.path.isfile(path):
+        raise TrainingError(f"config.init_from={path!r} is neither a converted model directory nor a file")
+    return load_pytorch_checkpoint(path, model, class_map=class_map)["params"]
+
+
+def _check(config) -> None:
+    devices = jax.device_count()
+    for field, value in (("batch_size", config.batch_size),
+                         ("input.eval_batch_size", config.input.eval_batch_size or config.batch_size)):
+        if value % devices:
+            raise TrainingError(f"config.{field}={value} must be a multiple of the {devices} devices")
+    if config.grad_accum_steps < 1:
+        raise TrainingError(f"config.grad_accum_steps={config.grad_accum_steps} must be at least 1")
+
+
+def build_training(config, model, lr: optim.Schedule, mesh, num_classes: int):
+    """The initial train state, created directly in its shardings, and the jitted train step."""
+    batch_sharding = sharding.batch_sharding(mesh)
+
+    def init_state():
+        init_rng, run_rng = jax.random.split(jax.random.key(config.seed))
+        images = jnp.zeros((1, *model.input_hw, model.in_chans), jnp.float32)
+        params = model.init(init_rng, images)["params"]
+        opt_state = optim.optimizer(config, params, lr, model.depths).init(params)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                          ema_params=params if config.ema_decay else None, rng=jax.random.key_data(run_rng))
+
+    abstract = jax.eval_shape(init_state)
+    state_sharding = sharding.state_shardings(abstract, mesh, config.fsdp)
+    state = jax.jit(init_state, out_shardings=state_sharding)()
+    tx = optim.optimizer(config, abstract.params, lr, model.depths)
+    train_step = jax.jit(make_train_step(model, tx, lr, config, num_classes),
+                         in_shardings=(state_sharding, batch_sharding),
+                         out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+    return state, state_sharding, train_step
+
+
+def evaluate(eval_step, params, evaluation, batch_sharding) -> dict:
+    totals = None
+    for batch in data.to_global(iter(evaluation), batch_sharding):
+        sums = eval_step(params, batch)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = max(float(totals["count"]), 1.0)
+    return {"eval_loss": float(totals["loss"]) / count, "eval_top1": float(totals["top1"]) / count,
+            "eval_top5": float(totals["top5"]) / count, "eval_examples": float(totals["count"])}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train (or, with config.eval_only, evaluate) as `config` says; returns the last eval metrics."""
+    initialize_distributed()
+    _check(config)
+    workdir = os.path.abspath(workdir)
+    mesh = sharding.make_mesh()
+    batch_sharding = sharding.batch_sharding(mesh)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+    checkpoints = checkpoint.TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    training = None if config.eval_only else data.train_input(config.input, seed=config.seed)
+    evaluation = data.eval_input(config.input)
+    num_classes = evaluation.num_classes
+    model = build_model(config, num_classes)
+    steps_per_epoch = training.steps if training else 1
+    total_steps = config.total_steps or int(config.epochs * steps_per_epoch)
+    lr = optim.schedule(config, total_steps, steps_per_epoch)
+
+    with jax.set_mesh(mesh):
+        state, state_sharding, train_step = build_training(config, model, lr, mesh, num_classes)
+        start_step = 0
+        if not config.eval_only:
+            target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, state_sharding)
+            restored_step, restored = checkpoints.restore_latest(target)
+            if restored_step is not None:
+                start_step, state = restored_step, restored
+                training = training.starting_at(start_step)  # the data position is a function of the step
+        if config.init_from and not start_step:
+            params = jax.device_put(load_init(config.init_from, model, config.init_class_map), state_sharding.params)
+            state = state.replace(params=params, ema_params=params if config.ema_decay else None)
+
+        eval_step = jax.jit(make_eval_step(model, config), in_shardings=(state_sharding.params, batch_sharding),
+                            out_shardings=sharding.replicated(mesh))
+        writer = MetricWriter(workdir, total_steps, start_step=start_step)
+        n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+        if config.eval_only:
+            results = evaluate(eval_step, state.params, evaluation, batch_sharding)
+            writer.write(0, results)
+            writer.message(f"{config.model} on {config.input.dataset} ({int(results['eval_examples'])} examples): "
+                           f"top-1 {results['eval_top1']:.4f}, top-5 {results['eval_top5']:.4f}, "
+                           f"loss {results['eval_loss']:.4f}")
+            writer.close()
+            checkpoints.close()
+            return results
+
+        eval_every = config.eval_every_steps or steps_per_epoch
+        writer.message(
+            f"{config.model}: {n_params:,} parameters, {num_classes} classes | {config.input.dataset}: "
+            f"{training.num_examples:,} training examples, {steps_per_epoch} steps per epoch | {total_steps} steps "
+            f"from step {start_step}, global batch {config.batch_size} on {jax.device_count()} devices "
+            f"in {jax.process_count()} process(es){' with FSDP' if config.fsdp else ''}")
+
+        if start_step:
+            writer.message(f"resumed from the checkpoint of step {start_step} in {checkpoints.directory}")
+        pending, results = [], {}
+        last_time, last_step = time.time(), start_step
+        batches = data.to_global(iter(training), batch_sharding)
+        sigterm = SigtermFlag()
+        try:
+            for step in range(start_step + 1, total_steps + 1):
+                state, metrics = train_step(state, next(batches))
+                pending.append(metrics)
+                if step % config.log_every_steps == 0 or step == total_steps:
+                    values = jax.device_get(pending)
+                    losses = np.array([v["train_loss"] for v in values])
+                    if not np.isfinite(losses).all():
+                        bad = step - len(losses) + 1 + int(np.argmin(np.isfinite(losses)))
+                        raise TrainingError(f"the training loss is {losses[~np.isfinite(losses)][0]} at step {bad}; "
+                                            f"stopped (checkpoints saved before step {bad} are kept in {workdir})")
+                    now = time.time()
+                    row = {"train_loss": float(losses.mean()),
+                           "grad_norm": float(np.mean([v["grad_norm"] for v in values])),
+                           "lr": float(values[-1]["lr"]),
+                           "images_per_sec": (step - last_step) * config.batch_size / (now - last_time),
+                           "epoch": step / steps_per_epoch}
+                    writer.write(step, row)
+                    writer.progress(step, {"loss": row["train_loss"], "lr": row["lr"], "img/s": row["images_per_sec"]})
+                    pending, last_time, last_step = [], now, step
+                evaluated = step % eval_every == 0 or step == total_steps
+                if evaluated:
+                    results = evaluate(eval_step, state.params, evaluation, batch_sharding)
+                    if config.ema_decay:
+                        ema = evaluate(eval_step, state.ema_params, evaluation, batch_sharding)
+                        results.update({f"ema_{k}": v for k, v in ema.items()})
+                    writer.write(step, results)
+                    writer.message(f"step {step}: eval top-1 {results['eval_top1']:.4f}, "
+                                   f"top-5 {results['eval_top5']:.4f}, loss {results['eval_loss']:.4f}")
+                # Every process reaches the preemption sync point at the same step, so all save together.
+                preempted = sigterm.raised or checkpoints.reached_preemption(step)
+                if preempted or step % config.checkpoint_every_steps == 0 or step == total_steps:
+                    checkpoints.save(step, state, metrics=results if evaluated else None, force=preempted)
+                if preempted:
+                    writer.message(f"stopping at step {step} on SIGTERM: state saved in {checkpoints.directory}; "
+                                   "run the same command to resume")
+                    break
+                if evaluated or step % config.checkpoint_every_steps == 0:
+                    last_time = time.time()  # evaluating and saving are not training throughput
+            if start_step >= total_steps:
+                writer.message(f"{workdir} already holds the final checkpoint (step {start_step} of {total_steps}); "
+                               "evaluating it")
+                results = evaluate(eval_step, state.params, evaluation, batch_sharding)
+                writer.write(start_step, results)
+        finally:
+            sigterm.restore()
+            checkpoints.close()  # waits for saves in flight: nothing saved is lost, also on errors
+            writer.close()
+    return results

@@ -1,0 +1,132 @@
+"""The official Swin optimiser (official `optimizer.py` and `lr_scheduler.py`) in optax.
+
+AdamW (0.9, 0.999, eps 1e-8), learning rates given per 512 images and scaled linearly with the
+global batch and gradient accumulation, linear warm-up from warmup_lr then a per-step cosine to
+min_lr, weight decay 0.05 on every weight matrix and none on biases, LayerNorm parameters, the
+absolute position embedding and the relative position bias tables, global-norm clipping at 5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+# Parameters the official code exempts from weight decay by name (besides every 1-D tensor and bias).
+NO_DECAY_NAMES = ("absolute_pos_embed", "relative_position_bias_table")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Learning rates already scaled to the batch; steps counted in optimiser updates."""
+    peak_lr: float
+    warmup_lr: float
+    min_lr: float
+    warmup_steps: int
+    total_steps: int
+
+    def __call__(self, step):
+        """timm's CosineLRScheduler as the official code builds it (warmup_prefix=True, per step)."""
+        step = jnp.asarray(step, jnp.float32)
+        warmup = self.warmup_lr + step * (self.peak_lr - self.warmup_lr) / max(self.warmup_steps, 1)
+        cosine_steps = max(self.total_steps - self.warmup_steps, 1)
+        progress = jnp.clip((step - self.warmup_steps) / cosine_steps, 0.0, 1.0)
+        cosine = self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (1 + jnp.cos(jnp.pi * progress))
+        return jnp.where(step < self.warmup_steps, warmup, cosine)
+
+
+def scaled_lr(lr: float, config) -> float:
+    """The official linear scaling: lr * global batch * accumulation steps / 512."""
+    return lr * config.batch_size * config.grad_accum_steps / config.lr_base_batch_size
+
+
+def schedule(config, total_steps: int, steps_per_epoch: int) -> Schedule:
+    """The schedule over `total_steps` optimiser updates. Warm-up lasts warmup_epochs; when total_steps
+    overrides the epochs, warm-up keeps its share of the run (warmup_epochs / epochs)."""
+    updates_per_epoch = max(steps_per_epoch // config.grad_accum_steps, 1)
+    updates = max(total_steps // config.grad_accum_steps, 1)
+    if config.total_steps:
+        warmup = int(updates * config.warmup_epochs / config.epochs)
+    else:
+        warmup = int(config.warmup_epochs * updates_per_epoch)
+    return Schedule(peak_lr=scaled_lr(config.base_lr, config), warmup_lr=scaled_lr(config.warmup_lr, config),
+                    min_lr=scaled_lr(config.min_lr, config), warmup_steps=warmup, total_steps=updates)
+
+
+def decays(path: tuple[str, ...]) -> bool:
+    """Whether a parameter (its path in the Flax tree) gets weight decay: weight matrices and the
+    patch-embedding kernel do; biases, LayerNorm scales, the position embedding and bias tables don't."""
+    return path[-1] == "kernel" and not any(name in NO_DECAY_NAMES for name in path)
+
+
+def decay_mask(params):
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({path: decays(path) for path in flat})
+
+
+def layer_ids(params, depths) -> dict:
+    """Each parameter's depth for layer-wise lr decay, as SimMIM's Swin fine-tuning counts it: the patch
+    embedding is 0, block j of the whole network is j + 1, a patch merging sits with the last block
+    before it, and the final norm and head are last. Scanned blocks get one id per stacked entry."""
+    num_layers = sum(depths) + 1
+    flat = traverse_util.flatten_dict(params)
+    ids = {}
+    for path, value in flat.items():
+        top = path[0]
+        if top.startswith("layers_"):
+            stage = int(top.split("_")[1])
+            first = sum(depths[:stage])
+            if path[1] == "downsample":
+                ids[path] = np.asarray(first)
+            elif path[1] == "blocks":  # scanned pairs: leading axis is the pair, block0/1 inside
+                parity = int(path[2][-1])
+                ids[path] = first + 1 + parity + 2 * np.arange(value.shape[0])
+            else:  # unrolled: blocks_j
+                ids[path] = np.asarray(first + 1 + int(path[1].split("_")[1]))
+        elif top in ("patch_embed", "absolute_pos_embed"):
+            ids[path] = np.asarray(0)
+        else:
+            ids[path] = np.asarray(num_layers)
+    return ids
+
+
+def layer_scales(params, depths, decay: float):
+    """decay ** (num_layers - id) per parameter, shaped to broadcast over stacked blocks."""
+    top = sum(depths) + 1
+    scales = {}
+    for path, ids in layer_ids(params, depths).items():
+        value = traverse_util.flatten_dict(params)[path]
+        scale = np.power(decay, top - ids).astype(np.float32)
+        scales[path] = scale.reshape(scale.shape + (1,) * (value.ndim - scale.ndim))
+    return traverse_util.unflatten_dict(scales)
+
+
+def scale_by_tree(scales) -> optax.GradientTransformation:
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u, s: u * s.astype(u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def optimizer(config, params, lr: Schedule, depths) -> optax.GradientTransformation:
+    """clip(global norm) -> AdamW with the decay mask -> optional layer-wise lr decay, optionally
+    accumulating `grad_accum_steps` micro-batches per update."""
+    chain = []
+    if config.clip_grad:
+        chain.append(optax.clip_by_global_norm(config.clip_grad))
+    chain.append(optax.adamw(lr, b1=config.betas[0], b2=config.betas[1], eps=config.eps,
+                             weight_decay=config.weight_decay, mask=decay_mask))
+    if config.layer_decay < 1.0:
+        chain.append(scale_by_tree(layer_scales(params, depths, config.layer_decay)))
+    tx = optax.chain(*chain)
+    if config.grad_accum_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
+    return tx
+
+
+def ema_update(ema, params, decay: float):
+    return jax.tree.map(lambda e, p: e * decay + p.astype(e.dtype) * (1 - decay), ema, params)

@@ -1,0 +1,90 @@
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import torch
+from flax import traverse_util
+
+from configs import swin_b
+from swin_jax.convert import layouts
+from swin_jax.convert.loader import expected_params
+from swin_jax.models import create_model
+from swin_jax.train import optim
+
+
+def test_schedule_matches_the_official_cosine_scheduler():
+    """configs/swin_b.py at batch 1024 (1251 steps per ImageNet epoch) against timm's CosineLRScheduler
+    built as the official lr_scheduler.py builds it."""
+    from timm.scheduler.cosine_lr import CosineLRScheduler
+
+    config = swin_b.get_config()
+    steps_per_epoch = 1_281_167 // config.batch_size
+    lr = optim.schedule(config, int(config.epochs * steps_per_epoch), steps_per_epoch)
+    assert lr.peak_lr == pytest.approx(5e-4 * 1024 / 512) and lr.min_lr == pytest.approx(5e-6 * 2)
+    assert lr.warmup_lr == pytest.approx(5e-7 * 2) and lr.warmup_steps == 20 * 1251 and lr.total_steps == 300 * 1251
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr.peak_lr)
+    reference = CosineLRScheduler(optimizer, t_initial=lr.total_steps - lr.warmup_steps, lr_min=lr.min_lr,
+                                  warmup_lr_init=lr.warmup_lr, warmup_t=lr.warmup_steps, cycle_limit=1,
+                                  t_in_epochs=False, warmup_prefix=True)
+    points = {"warm-up start": 0, "warm-up middle": 12_510, "warm-up end": lr.warmup_steps - 1,
+              "peak": lr.warmup_steps, "mid-run": 160_000, "near the end": lr.total_steps - 1, "end": lr.total_steps}
+    for name, step in points.items():
+        reference.step_update(step)
+        np.testing.assert_allclose(float(lr(step)), optimizer.param_groups[0]["lr"], rtol=2e-6, err_msg=name)
+    assert float(lr(0)) == pytest.approx(1e-6) and float(lr(lr.total_steps)) == pytest.approx(1e-5)
+
+
+def test_scaling_with_accumulation_and_total_steps_override():
+    config = swin_b.get_config()
+    config.batch_size, config.grad_accum_steps = 256, 4
+    assert optim.scaled_lr(config.base_lr, config) == pytest.approx(5e-4 * 256 * 4 / 512)
+    lr = optim.schedule(config, total_steps=300 * 400, steps_per_epoch=400)
+    assert lr.total_steps == 30_000 and lr.warmup_steps == 2_000  # counted in optimiser updates
+    config.total_steps = 3000
+    assert optim.schedule(config, total_steps=3000, steps_per_epoch=400).warmup_steps == int(750 * 20 / 300)
+
+
+def _official_no_decay(model: torch.nn.Module) -> set[str]:
+    """The official set_weight_decay: 1-D tensors, biases, absolute_pos_embed, bias tables."""
+    return {name for name, p in model.named_parameters()
+            if p.ndim == 1 or name.endswith(".bias") or name == "absolute_pos_embed"
+            or "relative_position_bias_table" in name}
+
+
+@pytest.mark.parametrize("ape", [False, True])
+def test_weight_decay_mask_is_the_official_set(ape):
+    import timm
+
+    reference = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False)
+    ours = create_model("swin_tiny_patch4_window7_224", ape=ape)
+    scanned = jax.eval_shape(lambda: ours.init(jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32)))["params"]
+    stacked_mask = traverse_util.flatten_dict(optim.decay_mask(scanned))
+    assert all(isinstance(v, bool) for v in stacked_mask.values())
+    no_decay = {layouts.timm_key(path) for path in expected_params(ours) if not optim.decays(path)}
+    decay = {layouts.timm_key(path) for path in expected_params(ours) if optim.decays(path)}
+    official = _official_no_decay(reference) | ({"absolute_pos_embed"} if ape else set())
+    # timm names the head head.fc; everything else maps one to one.
+    assert no_decay == official
+    assert decay == {n for n, _ in reference.named_parameters()} - official
+    listed = {"patch_embed.norm.weight", "patch_embed.proj.bias", "layers.0.blocks.1.attn.relative_position_bias_table",
+              "layers.2.blocks.5.norm2.bias", "layers.1.downsample.norm.weight", "norm.weight", "head.fc.bias"}
+    assert listed <= no_decay
+    assert {"patch_embed.proj.weight", "layers.1.downsample.reduction.weight", "layers.3.blocks.1.mlp.fc2.weight",
+            "head.fc.weight"} <= decay
+    assert len(no_decay) == 120 + ape and len(decay) == 53  # 12 blocks x 9 + 12 others; 12 x 4 + 5
+
+
+def test_layer_ids_follow_simmim_fine_tuning():
+    model = create_model("swin_tiny_patch4_window7_224")
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 224, 224, 3), np.float32)))["params"]
+    ids = optim.layer_ids(params, model.depths)
+    assert ids[("patch_embed", "proj", "kernel")] == 0
+    np.testing.assert_array_equal(ids[("layers_0", "blocks", "block0", "attn", "qkv", "kernel")], [1])
+    np.testing.assert_array_equal(ids[("layers_0", "blocks", "block1", "attn", "qkv", "kernel")], [2])
+    np.testing.assert_array_equal(ids[("layers_2", "blocks", "block1", "mlp", "fc1", "bias")], [6, 8, 10])
+    assert ids[("layers_2", "downsample", "reduction", "kernel")] == 4  # merges after block 4 of 12
+    assert ids[("head", "kernel")] == ids[("norm", "scale")] == 13
+    scales = traverse_util.flatten_dict(optim.layer_scales(params, model.depths, 0.9))
+    assert scales[("layers_2", "blocks", "block1", "mlp", "fc1", "kernel")].shape == (3, 1, 1)
+    np.testing.assert_allclose(scales[("patch_embed", "proj", "kernel")], 0.9 ** 13)
+    np.testing.assert_allclose(scales[("head", "kernel")], 1.0)
