@@ -1,5 +1,4 @@
 import jax
-import ml_collections
 import numpy as np
 import pytest
 import torch
