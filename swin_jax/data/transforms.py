@@ -53,15 +53,6 @@ def crop_window(seed, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     return y, x, h, w
 
 
-def image_shape(image):
-    """(height, width) of encoded bytes or a decoded HxWx3 tensor, without decoding JPEGs."""
-    if image.dtype == tf.string:
-        shape = tf.cond(tf.io.is_jpeg(image), lambda: tf.io.extract_jpeg_shape(image, tf.int32),
-                        lambda: tf.shape(_decode(image), tf.int32))
-        return shape[0], shape[1]
-    return tf.shape(image)[0], tf.shape(image)[1]
-
-
 def _decode(image):
     decoded = tf.io.decode_image(image, channels=3, expand_animations=False, dtype=tf.uint8)
     decoded.set_shape([None, None, 3])
@@ -73,15 +64,23 @@ def decode(image):
     return _decode(image) if image.dtype == tf.string else image
 
 
-def decode_crop(image, y, x, h, w):
-    """The window of an image; JPEGs decode only that window."""
+def random_crop(image, seed, scale, ratio):
+    """A random resized crop window (timm's sampling) of encoded bytes or a decoded array, decoded once:
+    JPEGs decode only the window, other formats decode whole and are sliced."""
+
+    def window_of(array):
+        y, x, h, w = crop_window(seed, tf.shape(array)[0], tf.shape(array)[1], scale, ratio)
+        return array[y:y + h, x:x + w]
+
     if image.dtype != tf.string:
-        return image[y:y + h, x:x + w]
+        return window_of(image)
 
     def jpeg():
+        shape = tf.io.extract_jpeg_shape(image, tf.int32)
+        y, x, h, w = crop_window(seed, shape[0], shape[1], scale, ratio)
         return tf.image.decode_and_crop_jpeg(image, tf.stack([y, x, h, w]), channels=3)
 
-    cropped = tf.cond(tf.io.is_jpeg(image), jpeg, lambda: _decode(image)[y:y + h, x:x + w])
+    cropped = tf.cond(tf.io.is_jpeg(image), jpeg, lambda: window_of(_decode(image)))
     cropped.set_shape([None, None, 3])
     return cropped
 
@@ -98,9 +97,7 @@ def train_transform(image, seed, *, size: int, scale, ratio, hflip: float, rand_
     """One training example: encoded bytes or uint8 HxWx3 in, uint8 size x size x 3 out. RandAugment fills
     uncovered pixels with `fill`, the mean colour."""
     seeds = tf.random.experimental.stateless_split(seed, 3)
-    height, width = image_shape(image)
-    y, x, h, w = crop_window(seeds[0], height, width, scale, ratio)
-    out = resize(decode_crop(image, y, x, h, w), size, interpolation)
+    out = resize(random_crop(image, seeds[0], scale, ratio), size, interpolation)
     if hflip > 0:
         flip = tf.random.stateless_uniform([], seeds[1]) < hflip
         out = tf.cond(flip, lambda: out[:, ::-1], lambda: out)
