@@ -6,6 +6,8 @@ Each config's docstring holds the command that runs it. A run started on a workd
 checkpoints continues from the latest one.
 """
 
+import glob
+import os
 import sys
 
 from absl import app, flags, logging
@@ -15,6 +17,22 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "a config file, e.g. configs/swin_t.py", lock_config=True)
 flags.DEFINE_string("workdir", None, "where metrics, TensorBoard events and checkpoints go")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+TCMALLOC = ("/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4",
+            "/usr/lib/libtcmalloc_minimal.so.4")
+
+
+def preload_tcmalloc() -> None:
+    """Restart this process with tcmalloc when it is installed and not loaded yet: glibc's malloc returns
+    XLA:CPU's large buffers to the system and page-faults them back every step, which costs 10-60% on
+    CPU hosts (input pipeline included). SWIN_JAX_TCMALLOC=0 turns this off."""
+    if os.environ.get("SWIN_JAX_TCMALLOC", "1") == "0" or "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
+        return
+    found = sorted(path for pattern in TCMALLOC for path in glob.glob(pattern))
+    if found:
+        preload = " ".join(filter(None, [found[0], os.environ.get("LD_PRELOAD", "")]))
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "LD_PRELOAD": preload})
 
 
 def main(argv):
@@ -34,4 +52,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    preload_tcmalloc()
     app.run(main)

@@ -1,0 +1,341 @@
+"""swin_jax against timm on this machine: inference and a full train step, side by side in one process.
+
+  python benchmarks/model_speed.py                                  # Swin-T and Swin-B at 224, fp32 and bf16
+  python benchmarks/model_speed.py --models tiny --dtypes float32 --modes infer --rounds 3
+  python benchmarks/model_speed.py --torch-compile --json out.json  # also timm under torch.compile
+  LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 python benchmarks/model_speed.py
+
+For each case (model, inference or train step, compute dtype) both sides are built and warmed up, then
+timed in alternating rounds (swin_jax, timm, swin_jax, timm, ...), so drift in the machine's speed
+hits both alike; the table shows the median round. The train step is forward, backward and AdamW
+with drop path on, the same on both sides (timm: eager `model.train()`, `torch.optim.AdamW`; bf16 is
+`torch.autocast`). FLOPs are the official count (the papers' "FLOPs" are multiply-adds: Swin-T is
+4.49 GMAC, 8.98 GFLOP per 224 image); a train step counts three forward passes. The machine's peak is
+measured here, as the best of XLA's, OpenBLAS's (NumPy) and PyTorch's large matrix product (on a GPU:
+XLA's, in the case's dtype), so "of peak" is the fraction of what this machine's matmul actually
+sustains. Peak memory is measured in a child process per side (CPU: peak resident memory of the
+whole process; GPU: the frameworks' peak device allocation). The input pipeline's throughput is
+measured in the same run (one host core, full augmentation), so the report says whether input or
+compute bounds training here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+# Both frameworks share one GPU: JAX must not take most of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+MODELS = {"tiny": "swin_tiny_patch4_window7_224", "base": "swin_base_patch4_window7_224"}
+BATCH = {("tiny", "infer"): 8, ("base", "infer"): 8, ("tiny", "train"): 16, ("base", "train"): 8}
+
+
+def swin_macs(model) -> int:
+    """Multiply-adds of one forward pass at `img_size`, counted as the official `flops()` methods do."""
+    h, w = model.patch_grid
+    c, p = model.embed_dim, model.patch_size
+    macs = h * w * c * model.in_chans * p * p + (h * w * c if model.patch_norm else 0)
+    for i, (depth, heads) in enumerate(zip(model.depths, model.num_heads)):
+        if i:
+            macs += h * w * c + (h // 2) * (w // 2) * 4 * c * 2 * c  # patch merging: norm + reduction
+            h, w, c = h // 2, w // 2, 2 * c
+        window = model.stage_windows()[i]
+        n, windows_ = window * window, (h // window) * (w // window)
+        attention = n * c * 3 * c + 2 * n * n * c + n * c * c
+        macs += depth * (2 * h * w * c + windows_ * attention + 2 * h * w * c * c * model.mlp_ratio)
+    macs += c * h * w + c * model.num_classes
+    return int(macs)
+
+
+def allocator() -> str:
+    preload = os.environ.get("LD_PRELOAD", "")
+    return "tcmalloc" if "tcmalloc" in preload else "jemalloc" if "jemalloc" in preload else "glibc malloc"
+
+
+# ----------------------------------------------------------------------------------------------------
+# swin_jax
+
+def jax_case(name: str, mode: str, dtype: str, batch: int):
+    """(a function that runs one step and waits for it, compile seconds, MACs per image, memory analysis)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import swin_jax
+
+    model = swin_jax.create_model(name, dtype=jnp.dtype(dtype))
+    images = jax.random.normal(jax.random.key(1), (batch, *model.input_hw, 3), jnp.float32)
+    labels = jax.random.randint(jax.random.key(2), (batch,), 0, model.num_classes)
+    params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
+
+    if mode == "infer":
+        fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
+        args = [params, images]
+    else:
+        tx = optax.adamw(1e-4, weight_decay=0.05)
+
+        def train_step(state, x, y):
+            p, opt_state, step = state
+
+            def loss_fn(p):
+                logits = model.apply({"params": p}, x, train=True,
+                                     rngs={"dropout": jax.random.fold_in(jax.random.key(3), step)})
+                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+            loss, grads = jax.value_and_grad(loss_fn)(p)
+            updates, opt_state = tx.update(grads, opt_state, p)
+            return (optax.apply_updates(p, updates), opt_state, step + 1), loss
+
+        fn = jax.jit(train_step, donate_argnums=0)
+        args = [(params, tx.init(params), jnp.zeros((), jnp.int32)), images, labels]
+
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+
+    def run():
+        if mode == "infer":
+            compiled(*args).block_until_ready()
+        else:
+            args[0], loss = compiled(*args)
+            loss.block_until_ready()
+
+    return run, compile_s, swin_macs(model), memory
+
+
+# ----------------------------------------------------------------------------------------------------
+# timm
+
+def torch_case(name: str, mode: str, dtype: str, batch: int, compile_model: bool = False):
+    import timm
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = timm.create_model(name).to(device)
+    images = torch.randn(batch, 3, 224, 224, device=device)
+    labels = torch.randint(0, 1000, (batch,), device=device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if mode == "infer":
+        model.eval()
+    else:
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    forward = torch.compile(model) if compile_model else model
+
+    def run():
+        if mode == "infer":
+            with torch.inference_mode(), autocast:
+                forward(images)
+        else:
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(forward(images), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        sync()
+
+    start = time.perf_counter()
+    run()  # torch.compile compiles here; eager allocates its buffers
+    return run, time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------------
+# the machine
+
+def matmul_peak(gpu: bool, dtype: str) -> dict:
+    """Sustained GFLOP/s of a large square matrix product, per library."""
+    import jax
+    import jax.numpy as jnp
+
+    n = 8192 if gpu else 4096
+    out = {}
+    jdtype = jnp.dtype(dtype) if gpu else jnp.float32
+    a = jax.random.normal(jax.random.key(0), (n, n), jdtype)
+    mm = jax.jit(lambda x: x @ x)
+    out["xla"] = 2 * n ** 3 / best_time(lambda: mm(a).block_until_ready()) / 1e9
+    if not gpu:
+        import torch
+
+        x = np.random.RandomState(0).standard_normal((n, n)).astype(np.float32)
+        out["numpy"] = 2 * n ** 3 / best_time(lambda: x @ x) / 1e9
+        t = torch.from_numpy(x)
+        out["torch"] = 2 * n ** 3 / best_time(lambda: t @ t) / 1e9
+    return out
+
+
+def best_time(fn, repeats: int = 5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def probe_memory(side: str, name: str, mode: str, dtype: str, batch: int) -> dict:
+    """Run one side alone in a child process; its peak memory in MiB."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--probe", side, name, mode, dtype, str(batch)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if result.returncode:
+        return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the parent)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def probe_main(side: str, name: str, mode: str, dtype: str, batch: int) -> None:
+    if side == "jax":
+        import jax
+
+        run = jax_case(name, mode, dtype, batch)[0]
+    else:
+        run = torch_case(name, mode, dtype, batch)[0]
+    for _ in range(3):
+        run()
+    report = {"peak_rss_mib": peak_rss_mib()}
+    if side == "jax" and jax.devices()[0].platform == "gpu":
+        report["peak_device_mib"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2 ** 20
+    if side == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            report["peak_device_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    print(json.dumps(report))
+
+
+def input_pipeline_rate(seconds: float) -> float:
+    """Training images/s of the full augmentation pipeline on one host thread."""
+    import tempfile
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from input_pipeline import make_folder, measure
+
+    from swin_jax import data
+
+    with tempfile.TemporaryDirectory() as root:
+        make_folder(root, 128)
+        os.symlink(os.path.join(root, "train"), os.path.join(root, "val"))
+        config = data.default_config()
+        config.update(dict(dataset="folder", data_dir=root, batch_size=32, threads=1, cache=True,
+                           shuffle_buffer=128))
+        return measure(iter(data.train_input(config, seed=0)), 32, seconds)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["tiny", "base"], choices=sorted(MODELS))
+    parser.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
+    parser.add_argument("--batch", type=int, default=0, help="one batch size for every case (default: per case)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timed rounds per case")
+    parser.add_argument("--iters", type=int, default=3, help="steps per round")
+    parser.add_argument("--torch-compile", action="store_true", help="also time timm under torch.compile")
+    parser.add_argument("--no-memory", action="store_true", help="skip the child processes that measure memory")
+    parser.add_argument("--pipeline-seconds", type=float, default=10.0, help="0 skips the input pipeline")
+    parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument("--probe", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        side, name, mode, dtype, batch = args.probe
+        return probe_main(side, name, mode, dtype, int(batch))
+
+    import torchvision  # noqa: F401  # before TensorFlow (input pipeline): it crashes when loaded after TF
+    import jax
+    import torch
+
+    gpu = jax.devices()[0].platform == "gpu"
+    if not gpu:
+        torch.set_num_threads(os.cpu_count())
+    machine = {"device": str(jax.devices()[0].device_kind), "host_cores": os.cpu_count(), "allocator": allocator(),
+               "jax": jax.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    print(f"{machine['device']} | {machine['host_cores']} host cores | {machine['allocator']} | "
+          f"jax {machine['jax']}, torch {machine['torch']}")
+    peaks = {dtype: matmul_peak(gpu, dtype) for dtype in (args.dtypes if gpu else ["float32"])}
+    for dtype, peak in peaks.items():
+        print(f"matmul peak ({dtype}): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
+
+    rows = []
+    header = (f"{'case':<28} {'batch':>5} {'swin_jax img/s':>14} {'timm img/s':>10} {'ratio':>6} "
+              f"{'jax GFLOP/s':>11} {'of peak':>7} {'compile s':>9} {'jax MiB':>8} {'timm MiB':>8}")
+    print(header)
+    for model_key in args.models:
+        for mode in args.modes:
+            for dtype in args.dtypes:
+                name, batch = MODELS[model_key], args.batch or BATCH[(model_key, mode)]
+                jax_run, compile_s, macs, memory = jax_case(name, mode, dtype, batch)
+                torch_run, _ = torch_case(name, mode, dtype, batch)
+                sides = {"swin_jax": jax_run, "timm": torch_run}
+                if args.torch_compile:
+                    try:
+                        sides["timm_compiled"], compiled_s = torch_case(name, mode, dtype, batch, compile_model=True)
+                    except Exception as e:  # noqa: BLE001  torch.compile needs a working toolchain
+                        print(f"  torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                for run in sides.values():
+                    run()
+                times = {k: [] for k in sides}
+                for _ in range(args.rounds):
+                    for key, run in sides.items():
+                        start = time.perf_counter()
+                        for _ in range(args.iters):
+                            run()
+                        times[key].append((time.perf_counter() - start) / args.iters)
+                rate = {k: batch / statistics.median(v) for k, v in times.items()}
+                flops = 2 * macs * batch * (3 if mode == "train" else 1)
+                gflops = flops / statistics.median(times["swin_jax"]) / 1e9
+                peak = max(peaks[dtype if gpu else "float32"].values())
+                row = dict(model=name, mode=mode, dtype=dtype, batch=batch, images_per_sec=rate,
+                           ratio=rate["swin_jax"] / rate["timm"], jax_gflops=gflops, peak_gflops=peak,
+                           fraction_of_peak=gflops / peak, compile_s=compile_s,
+                           xla_memory_mib=(memory.temp_size_in_bytes + memory.argument_size_in_bytes +
+                                           memory.output_size_in_bytes - memory.alias_size_in_bytes) / 2 ** 20,
+                           round_seconds={k: v for k, v in times.items()})
+                if "timm_compiled" in rate:
+                    row["compiled_ratio"] = rate["swin_jax"] / rate["timm_compiled"]
+                if not args.no_memory:
+                    row["memory"] = {side: probe_memory(side, name, mode, dtype, batch) for side in ("jax", "torch")}
+                rows.append(row)
+                mem = row.get("memory", {})
+                key = "peak_device_mib" if gpu else "peak_rss_mib"
+                jm, tm = (mem.get(s, {}).get(key, float("nan")) for s in ("jax", "torch"))
+                extra = f"  (torch.compile {rate['timm_compiled']:.1f} img/s)" if "timm_compiled" in rate else ""
+                print(f"{model_key + ' ' + mode + ' ' + dtype:<28} {batch:>5} {rate['swin_jax']:>14.1f} "
+                      f"{rate['timm']:>10.1f} {row['ratio']:>5.2f}x {gflops:>11.0f} {row['fraction_of_peak']:>6.0%} "
+                      f"{compile_s:>9.1f} {jm:>8.0f} {tm:>8.0f}{extra}", flush=True)
+                del sides, jax_run, torch_run
+
+    report = {"machine": machine, "matmul_peak_gflops": peaks, "cases": rows}
+    if args.pipeline_seconds:
+        rate = input_pipeline_rate(args.pipeline_seconds)
+        report["input_pipeline_images_per_sec_per_core"] = rate
+        print(f"input pipeline (full augmentation at 224, 1 host core): {rate:.0f} train images/s")
+        for row in rows:
+            if row["mode"] == "train":
+                need = row["images_per_sec"]["swin_jax"] / rate
+                print(f"  {row['model']} {row['dtype']} train step consumes {row['images_per_sec']['swin_jax']:.1f} "
+                      f"img/s: {need:.2f} host cores of input")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
