@@ -87,3 +87,51 @@ def test_layer_ids_follow_simmim_fine_tuning():
     assert scales[("layers_2", "blocks", "block1", "mlp", "fc1", "kernel")].shape == (3, 1, 1)
     np.testing.assert_allclose(scales[("patch_embed", "proj", "kernel")], 0.9 ** 13)
     np.testing.assert_allclose(scales[("head", "kernel")], 1.0)
+
+
+def _official_v2_no_decay(model: torch.nn.Module) -> set[str]:
+    """The official V2 set_weight_decay: 1-D tensors, biases, absolute_pos_embed (no_weight_decay) and
+    every name holding cpb_mlp, logit_scale or relative_position_bias_table (no_weight_decay_keywords)."""
+    keywords = ("cpb_mlp", "logit_scale", "relative_position_bias_table")
+    return {name for name, p in model.named_parameters()
+            if p.ndim == 1 or name.endswith(".bias") or name == "absolute_pos_embed"
+            or any(k in name for k in keywords)}
+
+
+def test_weight_decay_mask_is_the_official_v2_set():
+    import timm
+
+    with torch.device("meta"):  # shapes and names only
+        reference = timm.create_model("swinv2_tiny_window8_256", pretrained=False)
+    ours = create_model("swinv2_tiny_window8_256")
+    scanned = jax.eval_shape(lambda: ours.init(jax.random.key(0), np.zeros((1, 256, 256, 3), np.float32)))["params"]
+    stacked_mask = traverse_util.flatten_dict(optim.decay_mask(scanned))
+    assert all(isinstance(v, bool) for v in stacked_mask.values())
+    assert not stacked_mask[("layers_2", "blocks", "block1", "attn", "cpb_mlp", "0", "kernel")]
+    no_decay = {layouts.timm_key(path) for path in expected_params(ours) if not optim.decays(path)}
+    decay = {layouts.timm_key(path) for path in expected_params(ours) if optim.decays(path)}
+    official = _official_v2_no_decay(reference)
+    assert no_decay == official
+    assert decay == {n for n, _ in reference.named_parameters()} - official
+    assert {"layers.0.blocks.1.attn.cpb_mlp.0.weight", "layers.0.blocks.1.attn.cpb_mlp.0.bias",
+            "layers.0.blocks.1.attn.cpb_mlp.2.weight", "layers.2.blocks.5.attn.logit_scale",
+            "layers.2.blocks.5.attn.q_bias", "layers.2.blocks.5.attn.v_bias", "layers.1.downsample.norm.weight",
+            "layers.3.blocks.0.norm1.weight", "head.fc.bias"} <= no_decay
+    assert {"patch_embed.proj.weight", "layers.1.downsample.reduction.weight", "layers.3.blocks.1.attn.qkv.weight",
+            "layers.3.blocks.1.attn.proj.weight", "head.fc.weight"} <= decay
+    assert len(no_decay) == 168 and len(decay) == 53  # 12 blocks x 13 + 12 others; 12 x 4 + 5
+
+
+def test_v2_layer_ids_follow_simmim_fine_tuning():
+    model = create_model("swinv2_tiny_window8_256")
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 256, 256, 3), np.float32)))["params"]
+    ids = optim.layer_ids(params, model.depths)
+    assert ids[("patch_embed", "proj", "kernel")] == 0
+    np.testing.assert_array_equal(ids[("layers_0", "blocks", "block1", "attn", "cpb_mlp", "2", "kernel")], [2])
+    np.testing.assert_array_equal(ids[("layers_2", "blocks", "block0", "attn", "logit_scale")], [5, 7, 9])
+    assert ids[("layers_3", "downsample", "norm", "scale")] == 10  # merges after block 10 of 12
+    assert ids[("head", "kernel")] == ids[("norm", "scale")] == 13
+    scales = traverse_util.flatten_dict(optim.layer_scales(params, model.depths, 0.9))
+    assert scales[("layers_2", "blocks", "block1", "attn", "cpb_mlp", "0", "kernel")].shape == (3, 1, 1)
+    assert scales[("layers_2", "blocks", "block1", "attn", "logit_scale")].shape == (3, 1, 1, 1)
+    np.testing.assert_allclose(scales[("layers_1", "blocks", "block0", "attn", "q_bias")][0], 0.9 ** (13 - 3))

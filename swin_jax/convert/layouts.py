@@ -1,8 +1,9 @@
-"""The three PyTorch key layouts of Swin V1, and the map between timm's keys and our parameters.
+"""The three PyTorch key layouts of Swin V1 and V2, and the map between timm's keys and our parameters.
 
 Every checkpoint is first renamed to timm's layout (the official and Hugging Face layouts differ from
 it only in names, the position of patch merging and split q/k/v), then matched against the model's
-parameters one to one.
+parameters one to one. Buffers (relative position indices, V2's coordinate tables, shift masks, a
+zero k bias) are set aside in every layout: they are recomputed, never loaded.
 """
 
 from __future__ import annotations
@@ -15,20 +16,34 @@ from swin_jax.convert.reader import ConversionError
 
 OFFICIAL, TIMM, HUGGINGFACE = "official", "timm", "huggingface"
 
+# Non-parameter tensors some checkpoints hold (official: all but k_bias; older timm and Hugging Face
+# versions: some of them). Matched on the last part of the key.
+BUFFERS = ("relative_position_index", "relative_coords_table", "attn_mask", "k_bias")
+
+
+def split_buffers(state: dict) -> tuple[dict, dict]:
+    """(parameters, buffers) of a state dict."""
+    out, buffers = {}, {}
+    for key, value in state.items():
+        (buffers if key.rsplit(".", 1)[-1] in BUFFERS else out)[key] = value
+    return out, buffers
+
 
 def detect_layout(state: dict) -> str:
     keys = set(state)
-    if any(k.startswith(("swin.embeddings.", "embeddings.patch_embeddings.")) for k in keys):
+    if any(k.startswith(("swin.embeddings.", "swinv2.embeddings.", "embeddings.patch_embeddings.")) for k in keys):
         return HUGGINGFACE
     if "patch_embed.proj.weight" not in keys:
         sample = ", ".join(sorted(keys)[:8])
         raise ConversionError(f"not a Swin checkpoint: no 'patch_embed.proj.weight' (nor Hugging Face's "
-                              f"'swin.embeddings.*'); its first keys are: {sample}")
+                              f"'swin.embeddings.*' / 'swinv2.embeddings.*'); its first keys are: {sample}")
     # The official code merges patches at the END of stages 0..2, timm at the START of stages 1..3.
-    if "layers.0.downsample.reduction.weight" in keys or any(k.endswith(("relative_position_index", "attn_mask"))
-                                                             for k in keys):
+    if "layers.0.downsample.reduction.weight" in keys:
         return OFFICIAL
-    return TIMM
+    if any(re.match(r"layers\.\d+\.downsample\.", k) for k in keys):
+        return TIMM
+    # No patch merging (a single stage): the layouts differ only in the head's name.
+    return OFFICIAL if "head.weight" in keys else TIMM
 
 
 def _shift_downsample(key: str) -> str:
@@ -36,13 +51,13 @@ def _shift_downsample(key: str) -> str:
 
 
 def official_to_timm(state: dict) -> tuple[dict, dict]:
-    """Returns (timm-layout tensors, buffers). Buffers are the official non-parameter tensors."""
-    out, buffers = {}, {}
+    """Returns (timm-layout tensors, buffers). Buffers are the official non-parameter tensors.
+
+    V2's position-bias MLP is `cpb_mlp` (`rpe_mlp` in some earlier releases, e.g. SimMIM's)."""
+    state, buffers = split_buffers(state)
+    out = {}
     for key, value in state.items():
-        if key.endswith(("relative_position_index", "attn_mask")):
-            buffers[key] = value
-            continue
-        key = _shift_downsample(key)
+        key = _shift_downsample(key.replace(".rpe_mlp.", ".cpb_mlp."))
         if key in ("head.weight", "head.bias"):
             key = key.replace("head.", "head.fc.")
         out[key] = value
@@ -54,7 +69,9 @@ _HF_RENAMES = [
     (r"^embeddings\.norm\.", "patch_embed.norm."),
     (r"^embeddings\.position_embeddings$", "absolute_pos_embed"),
     (r"^encoder\.layers\.", "layers."),
-    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.attention\.self\.continuous_position_bias_mlp\.", ".attn.cpb_mlp."),  # V2
+    (r"\.attention\.self\.logit_scale$", ".attn.logit_scale"),  # V2
+    (r"\.layernorm_before\.", ".norm1."),  # V1's pre-norm, V2's post-norm: the same place in the keys
     (r"\.layernorm_after\.", ".norm2."),
     (r"\.attention\.self\.relative_position_bias_table$", ".attn.relative_position_bias_table"),
     (r"\.attention\.relative_position_bias\.relative_position_bias_table$", ".attn.relative_position_bias_table"),
@@ -70,13 +87,12 @@ _HF_QKV = re.compile(r"^(.*)\.attention\.(?:self\.(query|key|value)|(q|k|v)_proj
 
 
 def huggingface_to_timm(state: dict) -> tuple[dict, dict]:
-    """Hugging Face SwinModel / SwinForImageClassification / SwinBackbone -> timm layout."""
-    out, buffers, qkv = {}, {}, {}
+    """Hugging Face SwinModel / SwinForImageClassification / SwinBackbone, and their Swinv2 counterparts,
+    -> timm layout. V2's query and value biases (its key has none) become q_bias and v_bias."""
+    state, buffers = split_buffers(state)
+    out, qkv = {}, {}
     for key, value in state.items():
-        key = re.sub(r"^swin\.", "", key)
-        if key.endswith("relative_position_index"):
-            buffers[key] = value
-            continue
+        key = re.sub(r"^swin(v2)?\.", "", key)
         m = _HF_QKV.match(key)
         if m:
             part = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}[m[2] or m[3]]
@@ -87,9 +103,13 @@ def huggingface_to_timm(state: dict) -> tuple[dict, dict]:
         out[_shift_downsample(key)] = value
     for (block, leaf), parts in qkv.items():
         name = f"{block}.attention.{{query,key,value}}.{leaf}"
+        attn = f"{_shift_downsample(re.sub(r'^encoder.layers.', 'layers.', block))}.attn"
+        if leaf == "bias" and parts[1] is None and parts[0] is not None and parts[2] is not None:
+            out[f"{attn}.q_bias"], out[f"{attn}.v_bias"] = parts[0], parts[2]  # Swin V2: no key bias
+            continue
         if any(p is None for p in parts):
             raise ConversionError(f"{name}: query, key and value must all be present")
-        out[f"{_shift_downsample(re.sub(r'^encoder.layers.', 'layers.', block))}.attn.qkv.{leaf}"] = np.concatenate(parts)
+        out[f"{attn}.qkv.{leaf}"] = np.concatenate(parts)
     return out, buffers
 
 
@@ -100,7 +120,7 @@ def to_timm_layout(state: dict) -> tuple[str, dict, dict]:
         return (layout, *official_to_timm(state))
     if layout == HUGGINGFACE:
         return (layout, *huggingface_to_timm(state))
-    return layout, dict(state), {}
+    return (layout, *split_buffers(state))
 
 
 def timm_key(path: tuple[str, ...]) -> str:
@@ -146,9 +166,16 @@ def describe(state: dict) -> dict:
     if depths:
         info["depths"] = tuple(depths[i] for i in sorted(depths))
         heads = [state.get(f"layers.{i}.blocks.0.attn.relative_position_bias_table") for i in sorted(depths)]
+        scales = [state.get(f"layers.{i}.blocks.0.attn.logit_scale") for i in sorted(depths)]
         if all(h is not None for h in heads):
             info["num_heads"] = tuple(int(h.shape[1]) for h in heads)
             info["window_size"] = (int(round(np.sqrt(heads[0].shape[0]))) + 1) // 2
+        elif all(s is not None for s in scales):  # V2: no bias tables; logit_scale is (heads, 1, 1)
+            info["num_heads"] = tuple(int(s.shape[0]) for s in scales)
+    if any(k.endswith((".attn.logit_scale", ".attn.cpb_mlp.0.weight")) for k in state):
+        info["version"] = "Swin V2"
+    elif any(k.endswith(".attn.relative_position_bias_table") for k in state):
+        info["version"] = "Swin V1"
     if "head.fc.weight" in state:
         info["num_classes"] = int(state["head.fc.weight"].shape[0])
     return info

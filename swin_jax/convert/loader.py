@@ -14,6 +14,7 @@ from swin_jax.convert import layouts, resample
 from swin_jax.convert.reader import ConversionError, read_state_dict
 from swin_jax.models import windows
 from swin_jax.models.swin import SwinTransformer, stack_blocks, trunc_normal, unstack_blocks
+from swin_jax.models.swin_v2 import SwinTransformerV2
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,8 @@ def convert_state_dict(state: dict, model: SwinTransformer, *, class_map: np.nda
 
 
 def _model_summary(model: SwinTransformer) -> str:
-    return (f"the model (embed_dim={model.embed_dim}, depths={tuple(model.depths)}, "
+    v2 = isinstance(model, SwinTransformerV2)
+    return (f"the model ({'Swin V2' if v2 else 'Swin V1'}, embed_dim={model.embed_dim}, depths={tuple(model.depths)}, "
             f"num_heads={tuple(model.num_heads)}, window_size={model.window_size}, num_classes={model.num_classes})")
 
 
@@ -129,6 +131,9 @@ def _fresh_head(path, shape):
 
 def _check_relative_index(buffers: dict, source: str):
     for key, index in buffers.items():
+        if key.endswith("k_bias") and np.any(np.asarray(index)):
+            raise ConversionError(f"{source}: buffer {key} is not zero; Swin V2 has no key bias, so this checkpoint "
+                                  f"computes something else")
         if not key.endswith("relative_position_index"):
             continue
         n = int(round(np.sqrt(index.size)))
@@ -151,7 +156,7 @@ def export_timm_state_dict(variables: dict, model: SwinTransformer) -> dict[str,
         params = unstack_blocks(params)
     flat = flatten_dict(jax.device_get(params))
     if model.ape:
-        raise ConversionError("timm's Swin V1 has no absolute position embedding (ape=True cannot be exported)")
+        raise ConversionError("timm's Swin has no absolute position embedding (ape=True cannot be exported)")
     return {layouts.timm_key(path): np.ascontiguousarray(layouts.flax_to_torch(path, np.asarray(v, np.float32)))
             for path, v in flat.items()}
 

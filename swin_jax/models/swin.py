@@ -53,9 +53,10 @@ def torch_default_bias(fan_in: int):
 torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
+def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype, scale_init=nn.initializers.ones) -> nn.LayerNorm:
     # PyTorch's eps and two-pass variance; statistics are reduced in float32 even for bf16 inputs.
-    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype, name=name)
+    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype,
+                        scale_init=scale_init, name=name)
 
 
 def dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype, use_bias: bool = True) -> nn.Dense:
@@ -163,6 +164,29 @@ class Mlp(nn.Module):
         return nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
 
 
+def shifted_window_attention(x: jnp.ndarray, window_size: int, shift_size: int, attend) -> jnp.ndarray:
+    """(Shifted) window attention over a (B, H, W, C) map: `attend(windows, window, mask)` is called on
+    (B * num_windows, window * window, C) windows and returns the same shape.
+
+    On a map no larger than the window the whole map is one unshifted window. Maps that are not a
+    multiple of the window are padded with zeros before the cyclic shift, as the official detection
+    backbone and Hugging Face do, and cropped back afterwards.
+    """
+    _, h, w, _ = x.shape
+    window, shift = windows.effective_window(h, w, window_size, shift_size)
+    x = jnp.pad(x, ((0, 0), (0, -h % window), (0, -w % window), (0, 0)))
+    hp, wp = x.shape[1:3]
+    mask = None
+    if shift:
+        x = jnp.roll(x, (-shift, -shift), axis=(1, 2))
+        mask = windows.shifted_window_mask(hp, wp, window, shift)
+    x = attend(windows.window_partition(x, window), window, mask)
+    x = windows.window_reverse(x, window, hp, wp)
+    if shift:
+        x = jnp.roll(x, (shift, shift), axis=(1, 2))
+    return x[:, :h, :w]
+
+
 class SwinBlock(nn.Module):
     """LayerNorm -> (shifted) window attention -> residual; LayerNorm -> MLP -> residual.
 
@@ -187,24 +211,13 @@ class SwinBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, drop_path_rate=0.0) -> jnp.ndarray:
-        _, h, w, c = x.shape
-        window, shift = windows.effective_window(h, w, self.window_size, self.shift_size)
+        c = x.shape[-1]
         shortcut = x
         x = layer_norm("norm1", self.dtype, self.param_dtype)(x)
-        x = jnp.pad(x, ((0, 0), (0, -h % window), (0, -w % window), (0, 0)))
-        hp, wp = x.shape[1:3]
-        mask = None
-        if shift:
-            x = jnp.roll(x, (-shift, -shift), axis=(1, 2))
-            mask = windows.shifted_window_mask(hp, wp, window, shift)
-        x = windows.window_partition(x, window)
-        x = WindowAttention(self.dim, self.num_heads, self.window_size, self.qkv_bias, self.qk_scale,
-                            self.attn_drop_rate, self.drop_rate, self.dtype, self.param_dtype,
-                            name="attn")(x, window, mask, self.deterministic)
-        x = windows.window_reverse(x, window, hp, wp)
-        if shift:
-            x = jnp.roll(x, (shift, shift), axis=(1, 2))
-        x = x[:, :h, :w]
+        attn = WindowAttention(self.dim, self.num_heads, self.window_size, self.qkv_bias, self.qk_scale,
+                               self.attn_drop_rate, self.drop_rate, self.dtype, self.param_dtype, name="attn")
+        x = shifted_window_attention(x, self.window_size, self.shift_size,
+                                     lambda t, window, mask: attn(t, window, mask, self.deterministic))
         x = shortcut + drop_path(self, x, drop_path_rate, self.deterministic)
 
         y = layer_norm("norm2", self.dtype, self.param_dtype)(x)
@@ -218,12 +231,21 @@ class SwinBlockPair(nn.Module):
 
     block: dict  # keyword arguments of SwinBlock shared by both blocks
     shift_size: int
+    block_cls = SwinBlock  # a class attribute, not a field: SwinV2BlockPair changes it
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, drop_path_rates: jnp.ndarray):
-        x = SwinBlock(shift_size=0, name="block0", **self.block)(x, drop_path_rates[0])
-        x = SwinBlock(shift_size=self.shift_size, name="block1", **self.block)(x, drop_path_rates[1])
+        x = self.block_cls(shift_size=0, name="block0", **self.block)(x, drop_path_rates[0])
+        x = self.block_cls(shift_size=self.shift_size, name="block1", **self.block)(x, drop_path_rates[1])
         return x, None
+
+
+def merge_patches(x: jnp.ndarray) -> jnp.ndarray:
+    """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 4C): each 2x2 neighbourhood concatenated in the official
+    order (top-left, bottom-left, top-right, bottom-right); odd maps get one zero row/column first."""
+    h, w = x.shape[1:3]
+    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    return jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
 
 
 class PatchMerging(nn.Module):
@@ -234,9 +256,8 @@ class PatchMerging(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        h, w, c = x.shape[1:]
-        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))  # odd maps: pad one row/column
-        x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
+        c = x.shape[-1]
+        x = merge_patches(x)
         x = layer_norm("norm", self.dtype, self.param_dtype)(x)
         return dense(2 * c, "reduction", self.dtype, self.param_dtype, use_bias=False)(x)
 
@@ -259,23 +280,31 @@ class SwinStage(nn.Module):
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    # Class attributes, not fields: the V2 stage (swin_v2.SwinV2Stage) swaps in its own blocks.
+    block_cls = SwinBlock
+    pair_cls = SwinBlockPair
+    merge_cls = PatchMerging
+
+    def block_options(self) -> dict:
+        """Keyword arguments of `block_cls` particular to the Swin version."""
+        return dict(qk_scale=self.qk_scale)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         if self.downsample:
-            x = PatchMerging(self.dtype, self.param_dtype, name="downsample")(x)
+            x = self.merge_cls(self.dtype, self.param_dtype, name="downsample")(x)
         block = dict(dim=x.shape[-1], num_heads=self.num_heads, window_size=self.window_size,
-                     mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
-                     drop_rate=self.drop_rate, attn_drop_rate=self.attn_drop_rate, deterministic=not train,
-                     dtype=self.dtype, param_dtype=self.param_dtype)
+                     mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, drop_rate=self.drop_rate,
+                     attn_drop_rate=self.attn_drop_rate, deterministic=not train, dtype=self.dtype,
+                     param_dtype=self.param_dtype, **self.block_options())
         if self.scan_blocks:
-            pair = nn.remat(SwinBlockPair, prevent_cse=False) if self.remat else SwinBlockPair
+            pair = nn.remat(self.pair_cls, prevent_cse=False) if self.remat else self.pair_cls
             blocks = nn.scan(pair, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                              length=self.depth // 2)
             rates = jnp.asarray(self.drop_path_rates, jnp.float32).reshape(-1, 2)
             x, _ = blocks(block, self.shift_size, name="blocks")(x, rates)
         else:
-            single = nn.remat(SwinBlock) if self.remat else SwinBlock
+            single = nn.remat(self.block_cls) if self.remat else self.block_cls
             for j in range(self.depth):
                 x = single(shift_size=self.shift_size if j % 2 else 0, name=f"blocks_{j}", **block)(
                     x, self.drop_path_rates[j])
@@ -324,7 +353,7 @@ class SwinTransformer(nn.Module):
 
     def _check_config(self):
         def fail(field, message):
-            raise ValueError(f"SwinTransformer.{field}={getattr(self, field)!r}: {message}")
+            raise ValueError(f"{type(self).__name__}.{field}={getattr(self, field)!r}: {message}")
 
         if len(self.depths) != len(self.num_heads):
             fail("num_heads", f"needs one entry per stage, and depths={tuple(self.depths)} has {len(self.depths)}")
@@ -376,6 +405,10 @@ class SwinTransformer(nn.Module):
     def num_features(self) -> int:
         return self.embed_dim * 2 ** (len(self.depths) - 1)
 
+    def stage_module(self, i: int) -> tuple[type, dict]:
+        """The stage class and the keyword arguments particular to the Swin version for stage i."""
+        return SwinStage, dict(qk_scale=self.qk_scale)
+
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False):
         if x.ndim != 4:
@@ -402,11 +435,11 @@ class SwinTransformer(nn.Module):
         for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
             window = self.stage_windows()[i]
             start = sum(self.depths[:i])
-            x = SwinStage(depth, heads, window, window // 2, tuple(rates[start:start + depth]), downsample=i > 0,
-                          mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
-                          drop_rate=self.drop_rate, attn_drop_rate=self.attn_drop_rate,
-                          scan_blocks=self.scan_blocks, remat=self.remat, dtype=self.dtype,
-                          param_dtype=self.param_dtype, name=f"layers_{i}")(x, train)
+            stage, options = self.stage_module(i)
+            x = stage(depth, heads, window, window // 2, tuple(rates[start:start + depth]), downsample=i > 0,
+                      mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, drop_rate=self.drop_rate,
+                      attn_drop_rate=self.attn_drop_rate, scan_blocks=self.scan_blocks, remat=self.remat,
+                      dtype=self.dtype, param_dtype=self.param_dtype, name=f"layers_{i}", **options)(x, train)
             self.sow("intermediates", f"stage{i}", x)
             stage_maps.append(x)
 
@@ -428,8 +461,9 @@ class SwinTransformer(nn.Module):
         return x.astype(jnp.float32)
 
 
-def config_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(SwinTransformer) if f.name not in ("parent", "name")}
+def config_fields(model_cls: type | None = None) -> set[str]:
+    """The options of a model class (SwinTransformer by default): its dataclass fields."""
+    return {f.name for f in dataclasses.fields(model_cls or SwinTransformer) if f.name not in ("parent", "name")}
 
 
 def unstack_blocks(params: dict) -> dict:

@@ -8,6 +8,7 @@ time, never per step.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -88,3 +89,21 @@ def shifted_window_mask(height: int, width: int, window: int, shift: int) -> np.
     region = region.transpose(0, 2, 1, 3).reshape(-1, window * window)
     mask = np.where(region[:, :, None] != region[:, None, :], MASK_VALUE, 0.0)
     return _read_only(mask.astype(np.float32))
+
+
+@functools.lru_cache(maxsize=None)
+def continuous_coords_table(window: int, pretrained_window: int = 0) -> np.ndarray:
+    """Swin V2's log-spaced relative coordinates, ((2T-1)^2, 2) float32, for a T x T window.
+
+    Row r * (2T-1) + c holds the offset (r - T + 1, c - T + 1), so `relative_position_index(w, T)`
+    indexes it as it indexes a V1 bias table. Offsets are divided by `pretrained_window - 1` (or by
+    T - 1 when it is 0), scaled to [-8, 8] and mapped to sign(x) * log2(|x| + 1) / 3, in float32
+    step by step as the official code computes its `relative_coords_table` buffer.
+    """
+    offsets = np.arange(-(window - 1), window, dtype=np.float32)
+    table = np.stack(np.meshgrid(offsets, offsets, indexing="ij"), axis=-1)  # (2T-1, 2T-1, 2)
+    divisor = pretrained_window - 1 if pretrained_window > 0 else window - 1
+    table = table / np.float32(max(divisor, 1))  # max(.., 1) as timm: a window of 1 has only offset 0
+    table = table * np.float32(8)
+    table = np.sign(table) * np.log2(np.abs(table) + np.float32(1)) / np.float32(math.log2(8))
+    return _read_only(table.reshape(-1, 2).astype(np.float32))

@@ -3,7 +3,8 @@
 AdamW (0.9, 0.999, eps 1e-8), learning rates given per 512 images and scaled linearly with the
 global batch and gradient accumulation, linear warm-up from warmup_lr then a per-step cosine to
 min_lr, weight decay 0.05 on every weight matrix and none on biases, LayerNorm parameters, the
-absolute position embedding and the relative position bias tables, global-norm clipping at 5.
+absolute position embedding and the relative position bias tables (Swin V2: nor on the position-bias
+MLP `cpb_mlp`, `logit_scale` and the q/v biases), global-norm clipping at 5.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-# Parameters the official code exempts from weight decay by name (besides every 1-D tensor and bias).
-NO_DECAY_NAMES = ("absolute_pos_embed", "relative_position_bias_table")
+# Parameters the official code exempts from weight decay by name (besides every 1-D tensor and bias):
+# its no_weight_decay() and no_weight_decay_keywords(), V1's and V2's.
+NO_DECAY_NAMES = ("absolute_pos_embed", "relative_position_bias_table", "cpb_mlp", "logit_scale")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +61,8 @@ def schedule(config, total_steps: int, steps_per_epoch: int) -> Schedule:
 
 def decays(path: tuple[str, ...]) -> bool:
     """Whether a parameter (its path in the Flax tree) gets weight decay: weight matrices and the
-    patch-embedding kernel do; biases, LayerNorm scales, the position embedding and bias tables don't."""
+    patch-embedding kernel do; biases (V2's q_bias and v_bias too), LayerNorm scales, the position
+    embedding, bias tables, V2's cpb_mlp weights and logit_scale don't."""
     return path[-1] == "kernel" and not any(name in NO_DECAY_NAMES for name in path)
 
 
