@@ -121,6 +121,8 @@ def torch_case(name: str, mode: str, dtype: str, batch: int, compile_model: bool
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    # JAX multiplies float32 matrices on a GPU in TF32 by default; PyTorch must do the same to compare.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model = timm.create_model(name).to(device)
     images = torch.randn(batch, 3, 224, 224, device=device)
     labels = torch.randint(0, 1000, (batch,), device=device)
