@@ -14,20 +14,12 @@ window in `pretrained_window_sizes` (12, 12, 12, 6), which scales its relative c
       --config.input.data_dir=/path/to/tfds
 """
 
-from configs import common
+from configs import swinv2_b_192to256_finetune
 
 
 def get_config():
-    config = common.get_config("swinv2_base_window12to24_192to384")
+    config = swinv2_b_192to256_finetune.get_config()  # the same recipe, at 384 with window 24
+    config.model = "swinv2_base_window12to24_192to384"
     config.image_size = 384
-    config.model_overrides.drop_path_rate = 0.2
-    config.epochs = 30
-    config.warmup_epochs = 5
-    config.weight_decay = 1e-8
-    config.base_lr = 2e-5
-    config.warmup_lr = 2e-8
-    config.min_lr = 2e-7
     config.input.crop_pct = 1.0
-    config.init_from = "/path/to/converted/swinv2_base_window12_192_22k"
-    config.init_class_map = "/path/to/map22kto1k.txt"
     return config
