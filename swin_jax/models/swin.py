@@ -13,6 +13,7 @@ Layout of the parameters (the converter and the checkpoints follow it):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -53,10 +54,60 @@ def torch_default_bias(fan_in: int):
 torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype, scale_init=nn.initializers.ones) -> nn.LayerNorm:
-    # PyTorch's eps and two-pass variance; statistics are reduced in float32 even for bf16 inputs.
-    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype, param_dtype=param_dtype,
-                        scale_init=scale_init, name=name)
+def _centre(x: jnp.ndarray, eps: float):
+    x = x.astype(jnp.float32)
+    centred = x - jnp.mean(x, axis=-1, keepdims=True)
+    return centred, jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def normalize_layer(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, eps: float) -> jnp.ndarray:
+    """PyTorch's LayerNorm over the last axis, in float32: two-pass variance, (x - mean) * rstd * scale + bias."""
+    centred, rstd = _centre(x, eps)
+    return centred * (rstd * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
+
+
+def _normalize_layer_fwd(x, scale, bias, eps):
+    return normalize_layer(x, scale, bias, eps), (x, scale, bias, _centre(x, eps)[1])
+
+
+def _normalize_layer_bwd(eps, residuals, g):
+    # The gradient written out (as PyTorch's native layer norm): the backward pass keeps the input and
+    # one statistic per row, and recomputes the normalised input, instead of the several full-size
+    # intermediates that differentiating the formula would keep.
+    x, scale, bias, rstd = residuals
+    x32 = x.astype(jnp.float32)
+    xhat = (x32 - jnp.mean(x32, axis=-1, keepdims=True)) * rstd
+    g = g.astype(jnp.float32)
+    dxhat = g * scale.astype(jnp.float32)
+    dx = rstd * (dxhat - jnp.mean(dxhat, axis=-1, keepdims=True)
+                 - xhat * jnp.mean(dxhat * xhat, axis=-1, keepdims=True))
+    rows = tuple(range(x.ndim - 1))
+    return dx.astype(x.dtype), jnp.sum(g * xhat, axis=rows).astype(scale.dtype), jnp.sum(g, axis=rows).astype(bias.dtype)
+
+
+normalize_layer.defvjp(_normalize_layer_fwd, _normalize_layer_bwd)
+
+
+class LayerNorm(nn.Module):
+    """PyTorch's nn.LayerNorm (eps 1e-5); statistics in float32 also for bf16 inputs. Parameters as
+    Flax's LayerNorm (`scale`, `bias`)."""
+
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    scale_init: Any = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        features = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        return normalize_layer(x, scale, bias, self.epsilon).astype(self.dtype)
+
+
+def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype, scale_init=nn.initializers.ones) -> LayerNorm:
+    return LayerNorm(dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
 
 
 @jax.custom_jvp
