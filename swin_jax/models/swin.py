@@ -63,12 +63,13 @@ def _centre(x: jnp.ndarray, eps: float):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def normalize_layer(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, eps: float) -> jnp.ndarray:
     """PyTorch's LayerNorm over the last axis, in float32: two-pass variance, (x - mean) * rstd * scale + bias."""
-    centred, rstd = _centre(x, eps)
-    return centred * (rstd * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
+    return _normalize_layer_fwd(x, scale, bias, eps)[0]
 
 
 def _normalize_layer_fwd(x, scale, bias, eps):
-    return normalize_layer(x, scale, bias, eps), (x, scale, bias, _centre(x, eps)[1])
+    centred, rstd = _centre(x, eps)
+    y = centred * (rstd * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
+    return y, (x, scale, bias, rstd)
 
 
 def _normalize_layer_bwd(eps, residuals, g):
