@@ -54,10 +54,11 @@ def torch_default_bias(fan_in: int):
 torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def _centre(x: jnp.ndarray, eps: float):
+def _statistics(x: jnp.ndarray, eps: float):
     x = x.astype(jnp.float32)
-    centred = x - jnp.mean(x, axis=-1, keepdims=True)
-    return centred, jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    return centred, mean, jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -67,18 +68,17 @@ def normalize_layer(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, eps: 
 
 
 def _normalize_layer_fwd(x, scale, bias, eps):
-    centred, rstd = _centre(x, eps)
+    centred, mean, rstd = _statistics(x, eps)
     y = centred * (rstd * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
-    return y, (x, scale, bias, rstd)
+    return y, (x, scale, bias, mean, rstd)
 
 
 def _normalize_layer_bwd(eps, residuals, g):
     # The gradient written out (as PyTorch's native layer norm): the backward pass keeps the input and
-    # one statistic per row, and recomputes the normalised input, instead of the several full-size
+    # two statistics per row, and recomputes the normalised input, instead of the several full-size
     # intermediates that differentiating the formula would keep.
-    x, scale, bias, rstd = residuals
-    x32 = x.astype(jnp.float32)
-    xhat = (x32 - jnp.mean(x32, axis=-1, keepdims=True)) * rstd
+    x, scale, bias, mean, rstd = residuals
+    xhat = (x.astype(jnp.float32) - mean) * rstd
     g = g.astype(jnp.float32)
     dxhat = g * scale.astype(jnp.float32)
     dx = rstd * (dxhat - jnp.mean(dxhat, axis=-1, keepdims=True)
@@ -128,9 +128,42 @@ def _gelu_jvp(primals, tangents):
     return x * cdf, t * (cdf + x * pdf)
 
 
-def dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype, use_bias: bool = True) -> nn.Dense:
-    return nn.Dense(features, use_bias=use_bias, kernel_init=trunc_normal(), bias_init=nn.initializers.zeros,
-                    dtype=dtype, param_dtype=param_dtype, name=name)
+class Dense(nn.Dense):
+    """nn.Dense on a 2-D (rows, features) view of the input, whatever its rank.
+
+    XLA:CPU computes the weight gradient of a 2-D product straight from the activations; with 3-D or
+    4-D activations it first copies them transposed to (features, rows), which cost about a quarter of
+    a Swin-T train step. Parameters as nn.Dense.
+    """
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        y = super().__call__(x.reshape(-1, x.shape[-1]))
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype, use_bias: bool = True) -> Dense:
+    return Dense(features, use_bias=use_bias, kernel_init=trunc_normal(), bias_init=nn.initializers.zeros,
+                 dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def split_heads(qkv: jnp.ndarray, heads: int) -> list[jnp.ndarray]:
+    """(windows, n, 3C) projections -> q, k, v, each (windows, heads, n, C / heads).
+
+    Split before the head transpose, so that the gradient is one concatenation rather than three
+    zero-padded copies of the whole tensor added together.
+    """
+    windows_, n, c3 = qkv.shape
+    return [t.reshape(windows_, n, heads, c3 // (3 * heads)).transpose(0, 2, 1, 3) for t in jnp.split(qkv, 3, axis=-1)]
+
+
+def attend_values(attn: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
+    """attn (windows, heads, n, n) applied to v (windows, heads, n, d) -> (windows, n, heads * d).
+
+    The product keeps the heads-major layout and the transpose comes after it: asked for the
+    (windows, n, heads, d) result directly, XLA:CPU computes a transposed product on a slower path.
+    """
+    out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3)
+    return out.reshape(*out.shape[:2], -1)
 
 
 def drop_path(module: nn.Module, x: jnp.ndarray, rate, deterministic: bool) -> jnp.ndarray:
@@ -189,7 +222,7 @@ class WindowAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, window: int, mask: np.ndarray | None, deterministic: bool) -> jnp.ndarray:
-        windows_, n, c = x.shape
+        _, n, c = x.shape
         heads = self.num_heads
         head_dim = c // heads
         scale = self.qk_scale if self.qk_scale is not None else head_dim ** -0.5
@@ -200,8 +233,7 @@ class WindowAttention(nn.Module):
         bias = jnp.asarray(table, jnp.float32)[index.reshape(-1)].reshape(n, n, heads).transpose(2, 0, 1)
 
         qkv = dense(3 * c, "qkv", self.dtype, self.param_dtype, self.qkv_bias)(x)
-        qkv = qkv.reshape(windows_, n, 3, heads, head_dim).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (windows, heads, n, head_dim)
+        q, k, v = split_heads(qkv, heads)  # (windows, heads, n, head_dim)
 
         logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(scale, q.dtype), k)
         logits = logits.astype(jnp.float32) + bias  # softmax statistics in float32, also under bf16
@@ -212,8 +244,7 @@ class WindowAttention(nn.Module):
         attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         attn = nn.Dropout(self.attn_drop_rate)(attn, deterministic=deterministic)
 
-        out = jnp.einsum("bhqk,bhkd->bqhd", attn, v).reshape(windows_, n, c)
-        out = dense(c, "proj", self.dtype, self.param_dtype)(out)
+        out = dense(c, "proj", self.dtype, self.param_dtype)(attend_values(attn, v))
         return nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
 
 

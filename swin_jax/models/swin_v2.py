@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from swin_jax.models import windows
-from swin_jax.models.swin import (Dtype, Mlp, SwinBlockPair, SwinStage, SwinTransformer, dense, drop_path,
-                                  layer_norm, merge_patches, shifted_window_attention, trunc_normal)
+from swin_jax.models.swin import (Dtype, Mlp, SwinBlockPair, SwinStage, SwinTransformer, attend_values, dense,
+                                  drop_path, layer_norm, merge_patches, shifted_window_attention, split_heads,
+                                  trunc_normal)
 
 LOGIT_SCALE_MAX = math.log(1.0 / 0.01)  # the official clamp: the scale never exceeds 100
 CPB_HIDDEN = 512
@@ -82,15 +83,14 @@ class WindowAttentionV2(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, window: int, mask, deterministic: bool) -> jnp.ndarray:
-        windows_, n, c = x.shape
+        _, n, c = x.shape
         heads = self.num_heads
         qkv = dense(3 * c, "qkv", self.dtype, self.param_dtype, use_bias=False)(x)
         if self.qkv_bias:
             q_bias = self.param("q_bias", nn.initializers.zeros, (c,), self.param_dtype)
             v_bias = self.param("v_bias", nn.initializers.zeros, (c,), self.param_dtype)
             qkv = qkv + jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
-        qkv = qkv.reshape(windows_, n, 3, heads, c // heads).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # (windows, heads, n, head_dim)
+        q, k, v = split_heads(qkv, heads)  # (windows, heads, n, head_dim)
 
         # Cosine similarities in float32 (a bf16 cosine times a scale of up to 100 would be coarse).
         logits = jnp.einsum("bhqd,bhkd->bhqk", normalize(q), normalize(k), precision=_HIGHEST)
@@ -110,8 +110,7 @@ class WindowAttentionV2(nn.Module):
         attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         attn = nn.Dropout(self.attn_drop_rate)(attn, deterministic=deterministic)
 
-        out = jnp.einsum("bhqk,bhkd->bqhd", attn, v.astype(self.dtype)).reshape(windows_, n, c)
-        out = dense(c, "proj", self.dtype, self.param_dtype)(out)
+        out = dense(c, "proj", self.dtype, self.param_dtype)(attend_values(attn, v.astype(self.dtype)))
         return nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
 
 
