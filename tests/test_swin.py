@@ -140,15 +140,19 @@ def test_scanned_and_unrolled_blocks_compute_the_same(small):
     chex.assert_trees_all_equal(stack_blocks(params), variables["params"])
 
 
-def test_remat_changes_neither_outputs_nor_gradients(small):
-    model, variables, x = small
+@pytest.mark.parametrize("option", [dict(remat=True), dict(scan_unroll=True), dict(remat=True, scan_unroll=True)],
+                         ids=["remat", "scan_unroll", "both"])
+def test_remat_and_unrolling_change_neither_outputs_nor_gradients(small, option):
+    model, _, x = small
+    model = model.clone(depths=(2, 2, 4, 2), drop_path_rate=0.3)  # a stage that loops over two pairs
+    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
 
     def loss(m):
         return lambda p: jnp.mean(m.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.key(3)}) ** 2)
 
-    plain = jax.jit(jax.value_and_grad(loss(model.clone(drop_path_rate=0.3))))(variables["params"])
-    remat = jax.jit(jax.value_and_grad(loss(model.clone(drop_path_rate=0.3, remat=True))))(variables["params"])
-    chex.assert_trees_all_close(remat, plain, rtol=1e-5, atol=1e-6)
+    plain = jax.jit(jax.value_and_grad(loss(model)))(params)
+    other = jax.jit(jax.value_and_grad(loss(model.clone(**option))))(params)
+    chex.assert_trees_all_close(other, plain, rtol=1e-5, atol=1e-6)
 
 
 def test_training_mode_applies_drop_path_and_dropout(small):

@@ -377,6 +377,7 @@ class SwinStage(nn.Module):
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     scan_blocks: bool = True
+    scan_unroll: int | bool = 1
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -400,7 +401,7 @@ class SwinStage(nn.Module):
         if self.scan_blocks:
             pair = nn.remat(self.pair_cls, prevent_cse=False) if self.remat else self.pair_cls
             blocks = nn.scan(pair, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                             length=self.depth // 2)
+                             length=self.depth // 2, unroll=self.scan_unroll)
             rates = jnp.asarray(self.drop_path_rates, jnp.float32).reshape(-1, 2)
             x, _ = blocks(block, self.shift_size, name="blocks")(x, rates)
         else:
@@ -443,6 +444,9 @@ class SwinTransformer(nn.Module):
     out_indices: Sequence[int] | None = None
     out_norm: bool = True
     scan_blocks: bool = True
+    # lax.scan's `unroll` for the block pairs: True compiles the loop unrolled, which makes a CPU
+    # train step about 5% faster and compilation about 1.7x longer (parameters stay stacked).
+    scan_unroll: int | bool = 1
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -538,7 +542,8 @@ class SwinTransformer(nn.Module):
             stage, options = self.stage_module(i)
             x = stage(depth, heads, window, window // 2, tuple(rates[start:start + depth]), downsample=i > 0,
                       mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, drop_rate=self.drop_rate,
-                      attn_drop_rate=self.attn_drop_rate, scan_blocks=self.scan_blocks, remat=self.remat,
+                      attn_drop_rate=self.attn_drop_rate, scan_blocks=self.scan_blocks,
+                      scan_unroll=self.scan_unroll, remat=self.remat,
                       dtype=self.dtype, param_dtype=self.param_dtype, name=f"layers_{i}", **options)(x, train)
             self.sow("intermediates", f"stage{i}", x)
             stage_maps.append(x)

@@ -65,7 +65,8 @@ def initialize_distributed() -> None:
 
 def build_model(config, num_classes: int):
     return create_model(config.model, num_classes=num_classes, img_size=config.input.image_size,
-                        dtype=jnp.dtype(config.model_dtype), remat=config.remat, **config.model_overrides)
+                        dtype=jnp.dtype(config.model_dtype), remat=config.remat,
+                        scan_unroll=config.scan_unroll, **config.model_overrides)
 
 
 def load_init(path: str, model, class_map_path: str = ""):
