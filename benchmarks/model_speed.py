@@ -64,7 +64,7 @@ def allocator() -> str:
 # ----------------------------------------------------------------------------------------------------
 # swin_jax
 
-def jax_case(name: str, mode: str, dtype: str, batch: int, remat: bool = False):
+def jax_case(name: str, mode: str, dtype: str, batch: int, remat: bool = False, unroll: bool = False):
     """(a function that runs one step and waits for it, compile seconds, MACs per image, memory analysis)."""
     import jax
     import jax.numpy as jnp
@@ -72,10 +72,7 @@ def jax_case(name: str, mode: str, dtype: str, batch: int, remat: bool = False):
 
     import swin_jax
 
-    # The train step unrolls the scanned block pairs as train.py's configs do (config.scan_unroll), but not
-    # with remat: unrolled, XLA merges the recomputation back into the forward pass.
-    model = swin_jax.create_model(name, dtype=jnp.dtype(dtype), remat=remat,
-                                  scan_unroll=mode == "train" and not remat)
+    model = swin_jax.create_model(name, dtype=jnp.dtype(dtype), remat=remat, scan_unroll=unroll)
     images = jax.random.normal(jax.random.key(1), (batch, *model.input_hw, 3), jnp.float32)
     labels = jax.random.randint(jax.random.key(2), (batch,), 0, model.num_classes)
     params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
@@ -189,9 +186,10 @@ def best_time(fn, repeats: int = 5) -> float:
     return min(times)
 
 
-def probe_memory(side: str, name: str, mode: str, dtype: str, batch: int, remat: bool) -> dict:
+def probe_memory(side: str, name: str, mode: str, dtype: str, batch: int, remat: bool, unroll: bool) -> dict:
     """Run one side alone in a child process; its peak memory in MiB."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--probe", side, name, mode, dtype, str(batch), str(int(remat))]
+    cmd = [sys.executable, os.path.abspath(__file__), "--probe", side, name, mode, dtype, str(batch),
+           str(int(remat)), str(int(unroll))]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if result.returncode:
         return {"error": result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "failed"}
@@ -204,11 +202,11 @@ def peak_rss_mib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
-def probe_main(side: str, name: str, mode: str, dtype: str, batch: int, remat: bool) -> None:
+def probe_main(side: str, name: str, mode: str, dtype: str, batch: int, remat: bool, unroll: bool) -> None:
     if side == "jax":
         import jax
 
-        run = jax_case(name, mode, dtype, batch, remat)[0]
+        run = jax_case(name, mode, dtype, batch, remat, unroll)[0]
     else:
         run = torch_case(name, mode, dtype, batch)[0]
     for _ in range(3):
@@ -258,11 +256,14 @@ def main():
     parser.add_argument("--json", default="", help="write the results here")
     parser.add_argument("--remat", action="store_true",
                         help="swin_jax recomputes each block pair in the backward pass (config.remat): less memory")
-    parser.add_argument("--probe", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--scan-unroll", action="store_true",
+                        help="swin_jax compiles its scanned block pairs unrolled (config.scan_unroll): on CPU a few "
+                             "percent faster train steps, more memory, longer compilation")
+    parser.add_argument("--probe", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.probe:
-        side, name, mode, dtype, batch, remat = args.probe
-        return probe_main(side, name, mode, dtype, int(batch), remat == "1")
+        side, name, mode, dtype, batch, remat, unroll = args.probe
+        return probe_main(side, name, mode, dtype, int(batch), remat == "1", unroll == "1")
 
     import torchvision  # noqa: F401  # before TensorFlow (input pipeline): it crashes when loaded after TF
     import jax
@@ -273,9 +274,10 @@ def main():
         torch.set_num_threads(os.cpu_count())
     machine = {"device": str(jax.devices()[0].device_kind), "host_cores": os.cpu_count(), "allocator": allocator(),
                "jax": jax.__version__, "torch": torch.__version__, "python": platform.python_version(),
-               "swin_jax_remat": args.remat}
+               "swin_jax_remat": args.remat, "swin_jax_scan_unroll": args.scan_unroll}
     print(f"{machine['device']} | {machine['host_cores']} host cores | {machine['allocator']} | "
-          f"jax {machine['jax']}, torch {machine['torch']}" + (" | swin_jax with remat" if args.remat else ""))
+          f"jax {machine['jax']}, torch {machine['torch']}" + (" | swin_jax with remat" if args.remat else "")
+          + (" | swin_jax with scan_unroll" if args.scan_unroll else ""))
     peaks = {dtype: matmul_peak(gpu, dtype) for dtype in (args.dtypes if gpu else ["float32"])}
     for dtype, peak in peaks.items():
         print(f"matmul peak ({dtype}): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))
@@ -288,7 +290,7 @@ def main():
         for mode in args.modes:
             for dtype in args.dtypes:
                 name, batch = MODELS[model_key], args.batch or BATCH[(model_key, mode)]
-                jax_run, compile_s, macs, memory = jax_case(name, mode, dtype, batch, args.remat)
+                jax_run, compile_s, macs, memory = jax_case(name, mode, dtype, batch, args.remat, args.scan_unroll)
                 torch_run, _ = torch_case(name, mode, dtype, batch)
                 sides = {"swin_jax": jax_run, "timm": torch_run}
                 if args.torch_compile:
@@ -318,7 +320,8 @@ def main():
                 if "timm_compiled" in rate:
                     row["compiled_ratio"] = rate["swin_jax"] / rate["timm_compiled"]
                 if not args.no_memory:
-                    row["memory"] = {side: probe_memory(side, name, mode, dtype, batch, args.remat) for side in ("jax", "torch")}
+                    row["memory"] = {side: probe_memory(side, name, mode, dtype, batch, args.remat,
+                                                     args.scan_unroll) for side in ("jax", "torch")}
                 rows.append(row)
                 mem = row.get("memory", {})
                 key = "peak_device_mib" if gpu else "peak_rss_mib"

@@ -14,7 +14,7 @@ def get_config(model: str = "swin_tiny_patch4_window7_224") -> ml_collections.Co
     config.model_overrides = ml_collections.ConfigDict()  # any SwinTransformer field, e.g. drop_path_rate
     config.model_dtype = "float32"  # compute dtype; 'bfloat16' for mixed precision (parameters stay fp32)
     config.remat = False  # recompute each block pair in the backward pass to save memory
-    config.scan_unroll = True  # compile the scanned block pairs unrolled: faster steps, longer compile
+    config.scan_unroll = False  # True: block pairs compiled unrolled (CPU: ~5% faster, more memory, slower compile)
 
     # Fields every run has; `dataset`, `batch_size` and `image_size` are shared with config.input.
     config.dataset = "imagenet2012"
