@@ -128,6 +128,22 @@ def _gelu_jvp(primals, tangents):
     return x * cdf, t * (cdf + x * pdf)
 
 
+@jax.custom_jvp
+def softmax(x: jnp.ndarray) -> jnp.ndarray:
+    """Softmax over the last axis, as jax.nn.softmax computes it."""
+    unnormalised = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
+    return unnormalised / jnp.sum(unnormalised, axis=-1, keepdims=True)
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents):
+    # The derivative written out, y * (t - <t, y>): the backward pass keeps only the probabilities,
+    # not also the exponentials that differentiating the formula keeps (an attention map per block).
+    (x,), (t,) = primals, tangents
+    y = softmax(x)
+    return y, y * (t - jnp.sum(t * y, axis=-1, keepdims=True))
+
+
 class Dense(nn.Dense):
     """nn.Dense on a 2-D (rows, features) view of the input, whatever its rank.
 
@@ -241,7 +257,7 @@ class WindowAttention(nn.Module):
             num_windows = mask.shape[0]
             logits = logits.reshape(-1, num_windows, heads, n, n) + mask[None, :, None]
             logits = logits.reshape(-1, heads, n, n)
-        attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        attn = softmax(logits).astype(self.dtype)
         attn = nn.Dropout(self.attn_drop_rate)(attn, deterministic=deterministic)
 
         out = dense(c, "proj", self.dtype, self.param_dtype)(attend_values(attn, v))

@@ -33,8 +33,8 @@ import numpy as np
 
 from swin_jax.models import windows
 from swin_jax.models.swin import (Dtype, Mlp, SwinBlockPair, SwinStage, SwinTransformer, attend_values, dense,
-                                  drop_path, layer_norm, merge_patches, shifted_window_attention, split_heads,
-                                  trunc_normal)
+                                  drop_path, layer_norm, merge_patches, shifted_window_attention, softmax,
+                                  split_heads, trunc_normal)
 
 LOGIT_SCALE_MAX = math.log(1.0 / 0.01)  # the official clamp: the scale never exceeds 100
 CPB_HIDDEN = 512
@@ -107,7 +107,7 @@ class WindowAttentionV2(nn.Module):
             num_windows = mask.shape[0]
             logits = logits.reshape(-1, num_windows, heads, n, n) + mask[None, :, None]
             logits = logits.reshape(-1, heads, n, n)
-        attn = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        attn = softmax(logits).astype(self.dtype)
         attn = nn.Dropout(self.attn_drop_rate)(attn, deterministic=deterministic)
 
         out = dense(c, "proj", self.dtype, self.param_dtype)(attend_values(attn, v.astype(self.dtype)))
