@@ -106,15 +106,16 @@ def test_adamw_step_matches_pytorch():
     np.testing.assert_allclose(float(metrics["train_loss"]), loss.item(), rtol=1e-5)
     np.testing.assert_allclose(float(metrics["grad_norm"]), grad_norm.item(), rtol=1e-4)
     ours = export_timm_state_dict({"params": jax.device_get(state.params)}, model)
-    # Adam's first step is lr * g / (|g| + eps): for gradients far below eps = 1e-8 it scales the
-    # float32 rounding of g itself (about 1e-10 between two implementations) up to ~1e-4 * lr. Those
-    # elements are held to the step size; every other element to 1e-5.
+    # Adam's first step is lr * g / (|g| + eps), whose slope in g is up to lr / eps: for gradients near
+    # or below eps = 1e-8 it turns the float32 rounding of g itself (1e-10 to 2e-9 between two
+    # implementations that sum in different orders) into up to ~0.2 * lr. Those elements are held to a
+    # quarter of the step size (a wrong sign would be off by 2 * lr); every other element to 1e-5.
     conditioned, total_off = 0.0, 0
     for name, p in reference.named_parameters():
         diff = np.abs(ours[name] - p.detach().numpy())
         tiny = np.abs(p.grad.numpy()) < 1e-7
         conditioned = max(conditioned, float(diff[~tiny].max(initial=0.0)))
-        assert diff[tiny].max(initial=0.0) <= 1e-3 * 0.11, name
+        assert diff[tiny].max(initial=0.0) <= 1e-3 * 0.25, name
         total_off += int((diff > 1e-5).sum())
     print(f"adamw parity: max diff {conditioned:.3g} where |grad| >= 1e-7; {total_off} elements off by > 1e-5")
     assert conditioned < 1e-5, conditioned
