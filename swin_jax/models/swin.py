@@ -148,7 +148,7 @@ class Dense(nn.Dense):
     """nn.Dense on a 2-D (rows, features) view of the input, whatever its rank.
 
     XLA:CPU computes the weight gradient of a 2-D product straight from the activations; with 3-D or
-    4-D activations it first copies them transposed to (features, rows), which cost about a quarter of
+    4-D activations it first copies them transposed to (features, rows), which cost about a sixth of
     a Swin-T train step. Parameters as nn.Dense.
     """
 
