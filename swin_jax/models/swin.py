@@ -131,7 +131,7 @@ def _gelu_jvp(primals, tangents):
 @jax.custom_jvp
 def softmax(x: jnp.ndarray) -> jnp.ndarray:
     """Softmax over the last axis, as jax.nn.softmax computes it."""
-    unnormalised = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
+    unnormalised = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
     return unnormalised / jnp.sum(unnormalised, axis=-1, keepdims=True)
 
 
