@@ -9,3 +9,13 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # keep TensorFlow and the tor
 # torchvision's native libraries crash the process when loaded after TensorFlow's (the reverse order is
 # fine), and the parity tests need both: load the PyTorch side first.
 import torchvision  # noqa: E402,F401
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+    """The PyTorch references draw their initial weights from torch's global generator: seeded per test,
+    a test's reference is the same whichever tests ran before it in the process."""
+    torch.manual_seed(0)

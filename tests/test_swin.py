@@ -9,21 +9,8 @@ import pytest
 import swin_jax
 from swin_jax.models import windows
 from swin_jax.models.swin import SwinTransformer, stack_blocks, unstack_blocks
-
-# A Swin small enough to run in a blink, with every feature of the real ones (4 stages, shifts,
-# a stage that collapses to a single window at 64x64 input).
-SMALL = dict(img_size=64, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4,
-             num_classes=10)
-
-
-def apply(model, *args, **kwargs):
-    """`model.apply`, compiled: eager Flax on XLA:CPU dispatches op by op and is slow to test."""
-    return jax.jit(model.apply, static_argnames=("train", "mutable"))(*args, **kwargs)
-
-
-def count_params(model, size):
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
-    return sum(x.size for x in jax.tree.leaves(shapes["params"]))
+from references import (SMALL, apply, check_close, images, jax_outputs, numpy_state, param_count, perturb, randomize,
+                        timm_outputs)
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -36,7 +23,7 @@ def count_params(model, size):
 ])
 def test_parameter_counts_match_the_official_models(name, expected):
     model = swin_jax.create_model(name, num_classes=1000)
-    assert count_params(model, model.img_size) == expected
+    assert param_count(model) == expected
 
 
 def stage_shapes(model, height, width):
@@ -71,33 +58,47 @@ def test_non_square_non_divisible_inputs(height, width, expected):
     assert logits.shape == (2, 10) and np.isfinite(np.asarray(logits)).all()
 
 
-def test_dense_backbone_outputs_normalised_stage_maps():
-    model = SwinTransformer(**{**SMALL, "out_indices": (1, 3)})
-    x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-    variables = jax.jit(model.init)(jax.random.key(1), x)
-    assert {"norm1", "norm3"} <= set(variables["params"]) and "head" not in variables["params"]
-    outs = apply(model, variables, x)
+def _layer_norm(x, p):
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + 1e-5) * p["scale"] + p["bias"]
+
+
+def test_dense_backbone_outputs_normalised_stage_maps(small):
+    classifier, variables, x = small
+    model = classifier.clone(out_indices=(1, 3), num_classes=0)
+    params = {k: v for k, v in variables["params"].items() if k not in ("head", "norm")}
+    params.update(norm1=perturb(jax.tree.map(lambda p: p[:32], variables["params"]["norm"]), seed=5),
+                  norm3=perturb(variables["params"]["norm"], seed=6))
+    chex.assert_trees_all_equal_shapes(params, jax.eval_shape(model.init, jax.random.key(1), x)["params"])
+    outs = apply(model, {"params": params}, x)
     assert [o.shape for o in outs] == [(2, 8, 8, 32), (2, 2, 2, 128)]
-    # Each output is its stage map through the stage's own LayerNorm.
-    _, state = apply(model, variables, x, mutable=("intermediates",))
-    stage = state["intermediates"]["stage3"][0]
-    mu, var = stage.mean(-1, keepdims=True), stage.var(-1, keepdims=True)
-    p = variables["params"]["norm3"]
-    np.testing.assert_allclose(outs[1], (stage - mu) / np.sqrt(var + 1e-5) * p["scale"] + p["bias"], atol=1e-5)
+    # Each output is its stage map (the classifier's, same blocks) through the stage's own LayerNorm.
+    _, stages = jax_outputs(classifier, variables, x)
+    for out, stage, norm in zip(outs, (stages[1], stages[3]), ("norm1", "norm3")):
+        np.testing.assert_allclose(out, _layer_norm(stage, params[norm]), rtol=1e-5, atol=1e-5)
 
 
-def test_pooled_features_without_head():
-    model = SwinTransformer(**{**SMALL, "num_classes": 0})
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-    assert "head" not in variables["params"]
-    assert apply(model, variables, jnp.ones((3, 64, 64, 3))).shape == (3, 128)
+def test_pooled_features_without_head(small):
+    classifier, variables, x = small
+    model = classifier.clone(num_classes=0)
+    params = {k: v for k, v in variables["params"].items() if k != "head"}
+    assert "head" not in jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+    pooled = apply(model, {"params": params}, x)
+    assert pooled.shape == (2, 128)
+    _, stages = jax_outputs(classifier, variables, x)
+    want = _layer_norm(stages[3], params["norm"]).mean(axis=(1, 2))
+    np.testing.assert_allclose(pooled, want, rtol=1e-5, atol=1e-5)
+    # and the classifier's logits are the head applied to these features
+    head = variables["params"]["head"]
+    np.testing.assert_allclose(apply(classifier, variables, x), want @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
 def small():
+    """The small model with every parameter perturbed (no LayerNorm at 1 and 0, no bias at 0)."""
     model = SwinTransformer(**SMALL)
     x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
-    return model, jax.jit(model.init)(jax.random.key(1), x), x
+    return model, {"params": perturb(jax.jit(model.init)(jax.random.key(1), x)["params"])}, x
 
 
 def test_jit_and_eager_agree(small):
@@ -113,7 +114,7 @@ def test_masks_and_indices_are_built_once_not_per_call(small):
     @jax.jit
     def forward(variables, x):
         traces.append(1)
-        return apply(model, variables, x)
+        return model.apply(variables, x)
 
     windows.shifted_window_mask.cache_clear()
     windows.relative_position_index.cache_clear()
@@ -136,7 +137,10 @@ def test_scanned_and_unrolled_blocks_compute_the_same(small):
     params = unstack_blocks(variables["params"])
     reference = jax.eval_shape(lambda: unrolled.init(jax.random.key(0), x))["params"]
     chex.assert_trees_all_equal_shapes(params, reference)
-    chex.assert_trees_all_close(apply(unrolled, {"params": params}, x), apply(model, variables, x), rtol=1e-6, atol=1e-6)
+    # The logits and every stage map; the blocks of each pair differ, so a swap between them would show.
+    chex.assert_trees_all_close(jax_outputs(unrolled, {"params": params}, x), jax_outputs(model, variables, x),
+                                rtol=1e-6, atol=1e-6)
+    assert not np.allclose(params["layers_0"]["blocks_0"]["norm1"]["scale"], params["layers_0"]["blocks_1"]["norm1"]["scale"])
     chex.assert_trees_all_equal(stack_blocks(params), variables["params"])
 
 
@@ -145,7 +149,7 @@ def test_scanned_and_unrolled_blocks_compute_the_same(small):
 def test_remat_and_unrolling_change_neither_outputs_nor_gradients(small, option):
     model, _, x = small
     model = model.clone(depths=(2, 2, 4, 2), drop_path_rate=0.3)  # a stage that loops over two pairs
-    params = jax.jit(model.init)(jax.random.key(0), x)["params"]
+    params = perturb(jax.jit(model.init)(jax.random.key(0), x)["params"])
 
     def loss(m):
         return lambda p: jnp.mean(m.apply({"params": p}, x, train=True, rngs={"dropout": jax.random.key(3)}) ** 2)
@@ -170,13 +174,25 @@ def test_training_mode_applies_drop_path_and_dropout(small):
                                 apply(quiet, variables, x), atol=1e-6)
 
 
+def bf16_products(model, variables, x) -> tuple[int, int]:
+    """(matrix products with bf16 operands, all matrix products) in the compiled forward pass."""
+    jaxpr = str(jax.make_jaxpr(model.apply)(variables, x))
+    products = [line for line in jaxpr.splitlines() if "dot_general[" in line or "conv_general_dilated[" in line]
+    return sum(":bf16[" in line.split("=", 1)[1] or "bf16[" in line.split("=", 1)[0] for line in products), len(products)
+
+
 def test_bf16_compute_keeps_float32_parameters(small):
     model, variables, x = small
     bf16 = model.clone(dtype=jnp.bfloat16)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(jax.eval_shape(bf16.init, jax.random.key(1), x)))
-    out = apply(bf16, variables, x)
+    out, reference = apply(bf16, variables, x), apply(model, variables, x)
     assert out.dtype == jnp.float32
-    np.testing.assert_allclose(out, apply(model, variables, x), atol=0.1)
+    # Really computed in bf16: every product but the softmax-side ones takes bf16, and the result moves.
+    assert bf16_products(model, variables, x)[0] == 0
+    low, total = bf16_products(bf16, variables, x)
+    assert low >= total - 8 * 2 and low > 0, (low, total)  # the attention core's two products stay float32-fed
+    error = float(jnp.abs(out - reference).max() / jnp.abs(reference).max())
+    assert 1e-4 < error < 0.05, error
 
 
 def test_initialisation_follows_the_official_recipe():
@@ -204,10 +220,17 @@ def test_configs_that_do_not_fit_are_rejected(overrides, message):
         swin_jax.create_model("swin_tiny_patch4_window7_224", **overrides)
 
 
-def test_odd_depths_work_unrolled():
-    model = SwinTransformer(**{**SMALL, "depths": (1, 3, 1, 1), "scan_blocks": False})
-    x = jnp.ones((1, 64, 64, 3))
-    assert apply(model, jax.jit(model.init)(jax.random.key(0), x), x).shape == (1, 10)
+def test_odd_depths_match_timm_unrolled():
+    """Odd depths (scan_blocks=False): the blocks still alternate no shift / shift, as timm's do."""
+    from timm.models.swin_transformer import SwinTransformer as TimmSwin
+
+    config = dict(SMALL, depths=(1, 3, 1, 1))
+    tm = randomize(TimmSwin(**config, drop_path_rate=0.0))
+    model = SwinTransformer(**config, scan_blocks=False, drop_path_rate=0.0)
+    variables = swin_jax.convert.convert_state_dict(numpy_state(tm), model)
+    assert "blocks_2" in variables["params"]["layers_1"]
+    x = images(2, 64, 64)
+    check_close("odd depths (1, 3, 1, 1)", jax_outputs(model, variables, x), timm_outputs(tm, x))
 
 
 def test_bad_inputs_are_named(small):
@@ -218,6 +241,9 @@ def test_bad_inputs_are_named(small):
         apply(model, variables, jnp.zeros((1, 3, 64, 64)))
     with pytest.raises(ValueError, match=r"unknown model name 'swin_tiny_patch4_window7'.*Did you mean swin_tiny"):
         swin_jax.create_model("swin_tiny_patch4_window7")
+    # A shortened name suggests the names it begins first (not the most similar V2 name).
+    with pytest.raises(ValueError, match=r"unknown model name 'swin_tiny'\. Did you mean swin_tiny_patch4_window7_224\?"):
+        swin_jax.create_model("swin_tiny")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['windowsize'\]"):
         swin_jax.create_model("swin_tiny_patch4_window7_224", windowsize=8)
 

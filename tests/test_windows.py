@@ -7,7 +7,7 @@ import pytest
 from scipy.special import erf
 
 from swin_jax.models import windows
-from swin_jax.models.swin import SwinBlock
+from swin_jax.models.swin import SwinBlock, WindowAttention
 
 
 def test_partition_and_reverse_are_inverse():
@@ -111,7 +111,7 @@ def reference_block(p, x, window, shift, heads):
 def test_roll_and_mask_equals_explicit_shifted_windows(height, width, window, shift, expect_window, expect_shift):
     assert windows.effective_window(height, width, window, shift) == (expect_window, expect_shift)
     heads, c = 2, 8
-    block = SwinBlock(dim=c, num_heads=heads, window_size=window, shift_size=shift)
+    block = SwinBlock(dim=c, num_heads=heads, window_size=window, attention=WindowAttention, shift_size=shift)
     x = np.random.RandomState(0).randn(2, height, width, c).astype(np.float32)
     params = block.init(jax.random.key(1), x)["params"]
     # Non-trivial norms and biases, so that any mix-up of tokens or channels shows.

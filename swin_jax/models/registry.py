@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from swin_jax.models.swin import SwinTransformer, config_fields
+from swin_jax.models.swin import Swin, SwinTransformer, config_fields
 from swin_jax.models.swin_v2 import SwinTransformerV2
 
 _T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
@@ -49,10 +49,17 @@ def model_class(name: str) -> type:
     return SwinTransformerV2 if name in V2_MODELS else SwinTransformer
 
 
+def close_names(name: str, n: int = 3) -> list[str]:
+    """Registered names a shortened `name` may mean (those it begins, e.g. 'swin_tiny'), or else the
+    ones most similar to a misspelt one."""
+    starting = [m for m in sorted(MODELS) if m.startswith(name)]
+    return starting[:n] or difflib.get_close_matches(name, MODELS, n=n, cutoff=0.5)
+
+
 def model_config(name: str, **overrides) -> dict:
     """The keyword arguments `create_model(name, **overrides)` builds the model with."""
     if name not in MODELS:
-        close = difflib.get_close_matches(name, MODELS, n=3, cutoff=0.5)
+        close = close_names(name)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model name {name!r}.{hint} Known models: {', '.join(sorted(MODELS))}")
     fields = config_fields(model_class(name))
@@ -62,7 +69,7 @@ def model_config(name: str, **overrides) -> dict:
     return {**MODELS[name], **overrides}
 
 
-def create_model(name: str, **overrides) -> SwinTransformer:
+def create_model(name: str, **overrides) -> Swin:
     """A Swin model by timm name, e.g. create_model("swin_tiny_patch4_window7_224", num_classes=10);
     the V2 names (swinv2_*) give a SwinTransformerV2."""
     return model_class(name)(**model_config(name, **overrides))
@@ -70,3 +77,43 @@ def create_model(name: str, **overrides) -> SwinTransformer:
 
 def list_models() -> list[str]:
     return sorted(MODELS)
+
+
+# What a checkpoint's tensors reveal about the model that made it (layouts.describe) and what
+# identifies a registered architecture.
+SHAPE_FIELDS = ("embed_dim", "depths", "num_heads", "window_size", "patch_size")
+
+
+def version(model_or_name) -> str:
+    """'Swin V1' or 'Swin V2', of a model or a registered name."""
+    if isinstance(model_or_name, str):
+        return "Swin V2" if model_or_name in V2_MODELS else "Swin V1"
+    return "Swin V2" if isinstance(model_or_name, SwinTransformerV2) else "Swin V1"
+
+
+def matching_models(found: dict) -> list[str]:
+    """Registered names whose architecture has every hyper-parameter in `found` (keys of SHAPE_FIELDS and
+    'version'; others are ignored), in registry order."""
+    names = []
+    for name, config in MODELS.items():
+        fields = {f: getattr(model_class(name), f) for f in SHAPE_FIELDS}  # the class defaults
+        fields.update((f, config[f]) for f in SHAPE_FIELDS if f in config)
+        fields["version"] = version(name)
+        if all(_same(fields[k], v) for k, v in found.items() if k in fields):
+            names.append(name)
+    return names
+
+
+def _same(a, b) -> bool:
+    return (tuple(a) if isinstance(a, (list, tuple)) else a) == (tuple(b) if isinstance(b, (list, tuple)) else b)
+
+
+def describe(model: Swin) -> str:
+    """The model's registered name (when its architecture is one) and its hyper-parameters, for messages:
+    'swin_tiny_patch4_window7_224 (Swin V1, embed_dim=96, depths=(2, 2, 6, 2), ...)'."""
+    fields = {f: getattr(model, f) for f in SHAPE_FIELDS}
+    summary = (f"embed_dim={model.embed_dim}, depths={tuple(model.depths)}, "
+               f"num_heads={tuple(model.num_heads)}, window_size={model.window_size}, patch_size={model.patch_size}, "
+               f"img_size={model.img_size}, num_classes={model.num_classes}")
+    names = matching_models({**fields, "version": version(model)})
+    return f"{names[0]} ({version(model)}, {summary})" if names else f"a {version(model)} model ({summary})"

@@ -1,6 +1,8 @@
-"""Swin Transformer V1 (Liu et al., arXiv 2103.14030) in Flax linen, NHWC.
+"""Swin Transformer V1 (Liu et al., arXiv 2103.14030) in Flax linen, NHWC, in the order of the paper:
+patch embedding, (shifted) window attention, the Swin block, patch merging, a stage, the model.
 
-Layout of the parameters (the converter and the checkpoints follow it):
+`Swin` is the architecture V1 and V2 share; `SwinTransformer` is V1, and swin_v2.py gives V2 as its
+differences. Layout of the parameters (the converter and the checkpoints follow it):
   patch_embed/{proj, norm}, absolute_pos_embed (optional),
   layers_{i}/downsample/{norm, reduction}   PatchMerging at the start of stage i > 0 (timm's layout)
   layers_{i}/blocks/{block0, block1}/...    blocks scanned in (no shift, shift) pairs, parameters
@@ -14,185 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from swin_jax.models import windows
-
-Dtype = Any
-
-
-def trunc_normal(stddev: float = 0.02):
-    """timm's `trunc_normal_(std=.02)`: a normal cut at +-2 in absolute value, i.e. at +-100 std.
-
-    At 100 std the cut never binds, so a clipped normal is the same distribution (and avoids the
-    inverse-CDF sampler's saturation at such wide bounds).
-    """
-
-    def init(key, shape, dtype=jnp.float32):
-        return jnp.clip(stddev * jax.random.normal(key, shape, jnp.float32), -2.0, 2.0).astype(dtype)
-
-    return init
-
-
-def torch_default_bias(fan_in: int):
-    """PyTorch's default bias init for Linear / Conv layers: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-
-    def init(key, shape, dtype=jnp.float32):
-        bound = 1.0 / np.sqrt(fan_in)
-        return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
-
-    return init
-
-
-# PyTorch's default Conv2d weight init (kaiming_uniform with a=sqrt(5)); the official code leaves the
-# patch-embedding convolution at this default.
-torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
-
-
-def _statistics(x: jnp.ndarray, eps: float):
-    x = x.astype(jnp.float32)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    centred = x - mean
-    return centred, mean, jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def normalize_layer(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, eps: float) -> jnp.ndarray:
-    """PyTorch's LayerNorm over the last axis, in float32: two-pass variance, (x - mean) * rstd * scale + bias."""
-    return _normalize_layer_fwd(x, scale, bias, eps)[0]
-
-
-def _normalize_layer_fwd(x, scale, bias, eps):
-    centred, mean, rstd = _statistics(x, eps)
-    y = centred * (rstd * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
-    return y, (x, scale, bias, mean, rstd)
-
-
-def _normalize_layer_bwd(eps, residuals, g):
-    # The gradient written out (as PyTorch's native layer norm): the backward pass keeps the input and
-    # two statistics per row, and recomputes the normalised input, instead of the several full-size
-    # intermediates that differentiating the formula would keep.
-    x, scale, bias, mean, rstd = residuals
-    xhat = (x.astype(jnp.float32) - mean) * rstd
-    g = g.astype(jnp.float32)
-    dxhat = g * scale.astype(jnp.float32)
-    dx = rstd * (dxhat - jnp.mean(dxhat, axis=-1, keepdims=True)
-                 - xhat * jnp.mean(dxhat * xhat, axis=-1, keepdims=True))
-    rows = tuple(range(x.ndim - 1))
-    return dx.astype(x.dtype), jnp.sum(g * xhat, axis=rows).astype(scale.dtype), jnp.sum(g, axis=rows).astype(bias.dtype)
-
-
-normalize_layer.defvjp(_normalize_layer_fwd, _normalize_layer_bwd)
-
-
-class LayerNorm(nn.Module):
-    """PyTorch's nn.LayerNorm (eps 1e-5); statistics in float32 also for bf16 inputs. Parameters as
-    Flax's LayerNorm (`scale`, `bias`)."""
-
-    epsilon: float = 1e-5
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    scale_init: Any = nn.initializers.ones
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        features = x.shape[-1]
-        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
-        return normalize_layer(x, scale, bias, self.epsilon).astype(self.dtype)
-
-
-def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype, scale_init=nn.initializers.ones) -> LayerNorm:
-    return LayerNorm(dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
-
-
-@jax.custom_jvp
-def gelu(x: jnp.ndarray) -> jnp.ndarray:
-    """PyTorch's nn.GELU (the exact form): x * Phi(x) = 0.5 * x * (1 + erf(x / sqrt(2)))."""
-    return 0.5 * x * (1 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
-
-
-@gelu.defjvp
-def _gelu_jvp(primals, tangents):
-    # The derivative written out, Phi(x) + x * phi(x): the backward pass then keeps one tensor per
-    # activation instead of the several erf intermediates that differentiating the formula would keep
-    # (the MLP's hidden activations are the largest tensors of a Swin block).
-    (x,), (t,) = primals, tangents
-    cdf = 0.5 * (1 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
-    pdf = jnp.exp(-0.5 * x * x) * np.sqrt(0.5 / np.pi).astype(x.dtype)
-    return x * cdf, t * (cdf + x * pdf)
-
-
-@jax.custom_jvp
-def softmax(x: jnp.ndarray) -> jnp.ndarray:
-    """Softmax over the last axis, as jax.nn.softmax computes it."""
-    unnormalised = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
-    return unnormalised / jnp.sum(unnormalised, axis=-1, keepdims=True)
-
-
-@softmax.defjvp
-def _softmax_jvp(primals, tangents):
-    # The derivative written out, y * (t - <t, y>): the backward pass keeps only the probabilities,
-    # not also the exponentials that differentiating the formula keeps (an attention map per block).
-    (x,), (t,) = primals, tangents
-    y = softmax(x)
-    return y, y * (t - jnp.sum(t * y, axis=-1, keepdims=True))
-
-
-class Dense(nn.Dense):
-    """nn.Dense on a 2-D (rows, features) view of the input, whatever its rank.
-
-    XLA:CPU computes the weight gradient of a 2-D product straight from the activations; with 3-D or
-    4-D activations it first copies them transposed to (features, rows), which cost about a sixth of
-    a Swin-T train step. Parameters as nn.Dense.
-    """
-
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        y = super().__call__(x.reshape(-1, x.shape[-1]))
-        return y.reshape(*x.shape[:-1], y.shape[-1])
-
-
-def dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype, use_bias: bool = True) -> Dense:
-    return Dense(features, use_bias=use_bias, kernel_init=trunc_normal(), bias_init=nn.initializers.zeros,
-                 dtype=dtype, param_dtype=param_dtype, name=name)
-
-
-def split_heads(qkv: jnp.ndarray, heads: int) -> list[jnp.ndarray]:
-    """(windows, n, 3C) projections -> q, k, v, each (windows, heads, n, C / heads).
-
-    Split before the head transpose, so that the gradient is one concatenation rather than three
-    zero-padded copies of the whole tensor added together.
-    """
-    windows_, n, c3 = qkv.shape
-    return [t.reshape(windows_, n, heads, c3 // (3 * heads)).transpose(0, 2, 1, 3) for t in jnp.split(qkv, 3, axis=-1)]
-
-
-def attend_values(attn: jnp.ndarray, v: jnp.ndarray) -> jnp.ndarray:
-    """attn (windows, heads, n, n) applied to v (windows, heads, n, d) -> (windows, n, heads * d).
-
-    The product keeps the heads-major layout and the transpose comes after it: asked for the
-    (windows, n, heads, d) result directly, XLA:CPU computes a transposed product on a slower path.
-    """
-    out = jnp.einsum("bhqk,bhkd->bhqd", attn, v).transpose(0, 2, 1, 3)
-    return out.reshape(*out.shape[:2], -1)
-
-
-def drop_path(module: nn.Module, x: jnp.ndarray, rate, deterministic: bool) -> jnp.ndarray:
-    """Stochastic depth: drop the whole residual branch per sample with probability `rate`.
-
-    `rate` may be a traced scalar (it is a scanned input when blocks are scanned).
-    """
-    if deterministic:
-        return x
-    keep = 1.0 - jnp.asarray(rate, jnp.float32)
-    noise = jax.random.uniform(module.make_rng("dropout"), (x.shape[0],) + (1,) * (x.ndim - 1))
-    mask = jnp.floor(keep + noise)
-    return x * (mask / jnp.maximum(keep, 1e-12)).astype(x.dtype)
+from swin_jax.models import layers, windows
+from swin_jax.models.layers import Dtype, dense, drop_path, layer_norm, trunc_normal
 
 
 class PatchEmbed(nn.Module):
@@ -211,8 +43,8 @@ class PatchEmbed(nn.Module):
         # Images whose size is not a multiple of the patch are padded on the bottom/right with zeros.
         x = jnp.pad(x, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
         fan_in = p * p * x.shape[-1]
-        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", kernel_init=torch_default_kernel,
-                    bias_init=torch_default_bias(fan_in), dtype=self.dtype, param_dtype=self.param_dtype,
+        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", kernel_init=layers.torch_default_kernel,
+                    bias_init=layers.torch_default_bias(fan_in), dtype=self.dtype, param_dtype=self.param_dtype,
                     name="proj")(x)
         if self.patch_norm:
             x = layer_norm("norm", self.dtype, self.param_dtype)(x)
@@ -238,29 +70,19 @@ class WindowAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, window: int, mask: np.ndarray | None, deterministic: bool) -> jnp.ndarray:
-        _, n, c = x.shape
+        n, c = x.shape[1:]
         heads = self.num_heads
-        head_dim = c // heads
-        scale = self.qk_scale if self.qk_scale is not None else head_dim ** -0.5
+        scale = self.qk_scale if self.qk_scale is not None else (c // heads) ** -0.5
+        q, k, v = layers.split_heads(dense(3 * c, "qkv", self.dtype, self.param_dtype, self.qkv_bias)(x), heads)
 
         table = self.param("relative_position_bias_table", trunc_normal(),
                            ((2 * self.table_window - 1) ** 2, heads), self.param_dtype)
         index = windows.relative_position_index(window, self.table_window)
         bias = jnp.asarray(table, jnp.float32)[index.reshape(-1)].reshape(n, n, heads).transpose(2, 0, 1)
 
-        qkv = dense(3 * c, "qkv", self.dtype, self.param_dtype, self.qkv_bias)(x)
-        q, k, v = split_heads(qkv, heads)  # (windows, heads, n, head_dim)
-
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(scale, q.dtype), k)
-        logits = logits.astype(jnp.float32) + bias  # softmax statistics in float32, also under bf16
-        if mask is not None:
-            num_windows = mask.shape[0]
-            logits = logits.reshape(-1, num_windows, heads, n, n) + mask[None, :, None]
-            logits = logits.reshape(-1, heads, n, n)
-        attn = softmax(logits).astype(self.dtype)
-        attn = nn.Dropout(self.attn_drop_rate)(attn, deterministic=deterministic)
-
-        out = dense(c, "proj", self.dtype, self.param_dtype)(attend_values(attn, v))
+        out = layers.window_attention(q * jnp.asarray(scale, q.dtype), k, v, bias, mask,
+                                      dropout=layers.attention_dropout(self.attn_drop_rate, deterministic))
+        out = dense(c, "proj", self.dtype, self.param_dtype)(out)
         return nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
 
 
@@ -274,8 +96,7 @@ class Mlp(nn.Module):
     def __call__(self, x: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
         out_dim = x.shape[-1]
         x = dense(self.hidden_dim, "fc1", self.dtype, self.param_dtype)(x)
-        x = gelu(x)
-        x = nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
+        x = nn.Dropout(self.drop_rate)(layers.gelu(x), deterministic=deterministic)
         x = dense(out_dim, "fc2", self.dtype, self.param_dtype)(x)
         return nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
 
@@ -304,42 +125,44 @@ def shifted_window_attention(x: jnp.ndarray, window_size: int, shift_size: int, 
 
 
 class SwinBlock(nn.Module):
-    """LayerNorm -> (shifted) window attention -> residual; LayerNorm -> MLP -> residual.
+    """(Shifted) window attention and an MLP, each a residual branch with a LayerNorm.
 
-    `window_size`/`shift_size` are the block's configured values; on a map no larger than the window
-    the whole map is one unshifted window. Maps that are not a multiple of the window are padded with
-    zeros after norm1 and before the cyclic shift, as the official detection backbone and Hugging
-    Face do, and cropped back after the attention.
+    V1 normalises each branch's input, x + f(norm(x)); V2's `post_norm` normalises its output,
+    x + norm(f(x)), with the norms starting at zero as the official code does (each block starts as the
+    identity). `attention` builds the window attention, WindowAttention(dim, heads, table_window) or
+    V2's cosine attention, with the version's options already bound.
     """
 
     dim: int
     num_heads: int
     window_size: int
+    attention: Callable[..., nn.Module]
     shift_size: int = 0
+    post_norm: bool = False
     mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    qk_scale: float | None = None
     drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
     deterministic: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, drop_path_rate=0.0) -> jnp.ndarray:
-        c = x.shape[-1]
-        shortcut = x
-        x = layer_norm("norm1", self.dtype, self.param_dtype)(x)
-        attn = WindowAttention(self.dim, self.num_heads, self.window_size, self.qkv_bias, self.qk_scale,
-                               self.attn_drop_rate, self.drop_rate, self.dtype, self.param_dtype, name="attn")
-        x = shifted_window_attention(x, self.window_size, self.shift_size,
-                                     lambda t, window, mask: attn(t, window, mask, self.deterministic))
-        x = shortcut + drop_path(self, x, drop_path_rate, self.deterministic)
+        scale_init = nn.initializers.zeros if self.post_norm else nn.initializers.ones
+        norm1 = layer_norm("norm1", self.dtype, self.param_dtype, scale_init)
+        norm2 = layer_norm("norm2", self.dtype, self.param_dtype, scale_init)
+        attn = self.attention(self.dim, self.num_heads, self.window_size, name="attn")
+        mlp = Mlp(int(self.dim * self.mlp_ratio), self.drop_rate, self.dtype, self.param_dtype, name="mlp")
 
-        y = layer_norm("norm2", self.dtype, self.param_dtype)(x)
-        y = Mlp(int(c * self.mlp_ratio), self.drop_rate, self.dtype, self.param_dtype, name="mlp")(
-            y, self.deterministic)
-        return x + drop_path(self, y, drop_path_rate, self.deterministic)
+        def attend(t):
+            return shifted_window_attention(t, self.window_size, self.shift_size,
+                                            lambda w, window, mask: attn(w, window, mask, self.deterministic))
+
+        def residual(x, branch, norm):
+            y = norm(branch(x)) if self.post_norm else branch(norm(x))
+            return x + drop_path(self, y, drop_path_rate, self.deterministic)
+
+        x = residual(x, attend, norm1)
+        return residual(x, lambda t: mlp(t, self.deterministic), norm2)
 
 
 class SwinBlockPair(nn.Module):
@@ -347,12 +170,11 @@ class SwinBlockPair(nn.Module):
 
     block: dict  # keyword arguments of SwinBlock shared by both blocks
     shift_size: int
-    block_cls = SwinBlock  # a class attribute, not a field: SwinV2BlockPair changes it
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, drop_path_rates: jnp.ndarray):
-        x = self.block_cls(shift_size=0, name="block0", **self.block)(x, drop_path_rates[0])
-        x = self.block_cls(shift_size=self.shift_size, name="block1", **self.block)(x, drop_path_rates[1])
+        x = SwinBlock(shift_size=0, name="block0", **self.block)(x, drop_path_rates[0])
+        x = SwinBlock(shift_size=self.shift_size, name="block1", **self.block)(x, drop_path_rates[1])
         return x, None
 
 
@@ -365,17 +187,20 @@ def merge_patches(x: jnp.ndarray) -> jnp.ndarray:
 
 
 class PatchMerging(nn.Module):
-    """2x2 neighbouring patches concatenated (official order), LayerNorm over 4C, linear 4C -> 2C."""
+    """2x2 neighbouring patches concatenated (official order), then LayerNorm over 4C and a linear
+    4C -> 2C; with V2's `post_norm` the linear layer comes first and the LayerNorm is over 2C."""
 
+    post_norm: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         c = x.shape[-1]
+        norm = layer_norm("norm", self.dtype, self.param_dtype)
+        reduction = dense(2 * c, "reduction", self.dtype, self.param_dtype, use_bias=False)
         x = merge_patches(x)
-        x = layer_norm("norm", self.dtype, self.param_dtype)(x)
-        return dense(2 * c, "reduction", self.dtype, self.param_dtype, use_bias=False)(x)
+        return norm(reduction(x)) if self.post_norm else reduction(norm(x))
 
 
 class SwinStage(nn.Module):
@@ -384,53 +209,44 @@ class SwinStage(nn.Module):
     depth: int
     num_heads: int
     window_size: int
-    shift_size: int
     drop_path_rates: tuple[float, ...]
     downsample: bool
+    attention: Callable[..., nn.Module]
+    post_norm: bool = False
     mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    qk_scale: float | None = None
     drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
     scan_blocks: bool = True
     scan_unroll: int | bool = 1
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    # Class attributes, not fields: the V2 stage (swin_v2.SwinV2Stage) swaps in its own blocks.
-    block_cls = SwinBlock
-    pair_cls = SwinBlockPair
-    merge_cls = PatchMerging
-
-    def block_options(self) -> dict:
-        """Keyword arguments of `block_cls` particular to the Swin version."""
-        return dict(qk_scale=self.qk_scale)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         if self.downsample:
-            x = self.merge_cls(self.dtype, self.param_dtype, name="downsample")(x)
-        block = dict(dim=x.shape[-1], num_heads=self.num_heads, window_size=self.window_size,
-                     mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, drop_rate=self.drop_rate,
-                     attn_drop_rate=self.attn_drop_rate, deterministic=not train, dtype=self.dtype,
-                     param_dtype=self.param_dtype, **self.block_options())
+            x = PatchMerging(self.post_norm, self.dtype, self.param_dtype, name="downsample")(x)
+        block = dict(dim=x.shape[-1], num_heads=self.num_heads, window_size=self.window_size, attention=self.attention,
+                     post_norm=self.post_norm, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate,
+                     deterministic=not train, dtype=self.dtype, param_dtype=self.param_dtype)
+        shift = self.window_size // 2
         if self.scan_blocks:
-            pair = nn.remat(self.pair_cls, prevent_cse=False) if self.remat else self.pair_cls
+            pair = nn.remat(SwinBlockPair, prevent_cse=False) if self.remat else SwinBlockPair
             blocks = nn.scan(pair, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                              length=self.depth // 2, unroll=self.scan_unroll)
             rates = jnp.asarray(self.drop_path_rates, jnp.float32).reshape(-1, 2)
-            x, _ = blocks(block, self.shift_size, name="blocks")(x, rates)
+            x, _ = blocks(block, shift, name="blocks")(x, rates)
         else:
-            single = nn.remat(self.block_cls) if self.remat else self.block_cls
+            single = nn.remat(SwinBlock) if self.remat else SwinBlock
             for j in range(self.depth):
-                x = single(shift_size=self.shift_size if j % 2 else 0, name=f"blocks_{j}", **block)(
-                    x, self.drop_path_rates[j])
+                x = single(shift_size=shift if j % 2 else 0, name=f"blocks_{j}", **block)(x, self.drop_path_rates[j])
         return x
 
 
-class SwinTransformer(nn.Module):
-    """Swin Transformer V1. Input NHWC float images; output logits, pooled features or stage maps.
+class Swin(nn.Module):
+    """The architecture Swin V1 and V2 share; `SwinTransformer` (V1) and `SwinTransformerV2` say how a
+    stage attends (`window_attention`) and where the norms sit (`post_norm`).
 
+    Input NHWC float images; output logits, pooled features or stage maps:
     - num_classes > 0: logits (float32); num_classes == 0: the pooled, normalised features.
     - out_indices set: the dense backbone; returns the listed stage maps (NHWC), each through its
       own LayerNorm when `out_norm` is true, as the official detection/segmentation backbones.
@@ -451,7 +267,6 @@ class SwinTransformer(nn.Module):
     window_size: int = 7
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
-    qk_scale: float | None = None
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.1
@@ -460,44 +275,47 @@ class SwinTransformer(nn.Module):
     out_indices: Sequence[int] | None = None
     out_norm: bool = True
     scan_blocks: bool = True
-    # lax.scan's `unroll` for the block pairs (parameters stay stacked). True compiles the loop unrolled:
-    # on CPU a train step about 5% faster for about 20% more memory and 1.7x the compile time; on a GPU
-    # the unrolled Swin-B train step took 90 s to compile.
-    scan_unroll: int | bool = 1
+    scan_unroll: int | bool = 1  # lax.scan's `unroll` for the block pairs (the parameters stay stacked)
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    post_norm: ClassVar[bool] = False
+
+    def window_attention(self, stage: int) -> Callable[..., nn.Module]:
+        """What builds stage `stage`'s window attention from (dim, num_heads, table_window)."""
+        raise NotImplementedError
 
     def __post_init__(self):
         self._check_config()
         super().__post_init__()
 
-    def _check_config(self):
-        def fail(field, message):
-            raise ValueError(f"{type(self).__name__}.{field}={getattr(self, field)!r}: {message}")
+    def _fail(self, field: str, message: str):
+        raise ValueError(f"{type(self).__name__}.{field}={getattr(self, field)!r}: {message}")
 
+    def _check_config(self):
         if len(self.depths) != len(self.num_heads):
-            fail("num_heads", f"needs one entry per stage, and depths={tuple(self.depths)} has {len(self.depths)}")
+            self._fail("num_heads", f"needs one entry per stage, and depths={tuple(self.depths)} has {len(self.depths)}")
         if not self.depths or any(d < 1 for d in self.depths):
-            fail("depths", "every stage needs at least one block")
+            self._fail("depths", "every stage needs at least one block")
         if self.scan_blocks and any(d % 2 for d in self.depths):
-            fail("depths", "scanned stages hold (no shift, shift) block pairs, so every depth must be even; "
-                           "set scan_blocks=False for odd depths")
+            self._fail("depths", "scanned stages hold (no shift, shift) block pairs, so every depth must be even; "
+                                 "set scan_blocks=False for odd depths")
         for i, heads in enumerate(self.num_heads):
             dim = self.embed_dim * 2 ** i
             if heads < 1 or dim % heads:
-                fail("num_heads", f"stage {i} has {dim} channels, which {heads} heads do not divide")
+                self._fail("num_heads", f"stage {i} has {dim} channels, which {heads} heads do not divide")
         if self.window_size < 1:
-            fail("window_size", "must be a positive number of patches")
+            self._fail("window_size", "must be a positive number of patches")
         if self.patch_size < 1:
-            fail("patch_size", "must be positive")
+            self._fail("patch_size", "must be positive")
         grid = self.patch_grid
         if min(grid) < 2 ** (len(self.depths) - 1):
-            fail("img_size", f"a {grid[0]}x{grid[1]} patch grid is too small for {len(self.depths)} stages")
+            self._fail("img_size", f"a {grid[0]}x{grid[1]} patch grid is too small for {len(self.depths)} stages")
         if self.out_indices is not None:
             bad = [i for i in self.out_indices if not 0 <= i < len(self.depths)]
             if bad or not self.out_indices:
-                fail("out_indices", f"must list stages in 0..{len(self.depths) - 1}")
+                self._fail("out_indices", f"must list stages in 0..{len(self.depths) - 1}")
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -526,10 +344,6 @@ class SwinTransformer(nn.Module):
     def num_features(self) -> int:
         return self.embed_dim * 2 ** (len(self.depths) - 1)
 
-    def stage_module(self, i: int) -> tuple[type, dict]:
-        """The stage class and the keyword arguments particular to the Swin version for stage i."""
-        return SwinStage, dict(qk_scale=self.qk_scale)
-
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False):
         if x.ndim != 4:
@@ -554,14 +368,11 @@ class SwinTransformer(nn.Module):
         rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
         stage_maps = []
         for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
-            window = self.stage_windows()[i]
             start = sum(self.depths[:i])
-            stage, options = self.stage_module(i)
-            x = stage(depth, heads, window, window // 2, tuple(rates[start:start + depth]), downsample=i > 0,
-                      mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, drop_rate=self.drop_rate,
-                      attn_drop_rate=self.attn_drop_rate, scan_blocks=self.scan_blocks,
-                      scan_unroll=self.scan_unroll, remat=self.remat,
-                      dtype=self.dtype, param_dtype=self.param_dtype, name=f"layers_{i}", **options)(x, train)
+            x = SwinStage(depth, heads, self.stage_windows()[i], tuple(rates[start:start + depth]), downsample=i > 0,
+                          attention=self.window_attention(i), post_norm=self.post_norm, mlp_ratio=self.mlp_ratio,
+                          drop_rate=self.drop_rate, scan_blocks=self.scan_blocks, scan_unroll=self.scan_unroll,
+                          remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype, name=f"layers_{i}")(x, train)
             self.sow("intermediates", f"stage{i}", x)
             stage_maps.append(x)
 
@@ -581,6 +392,19 @@ class SwinTransformer(nn.Module):
         x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
         x = dense(self.num_classes, "head", self.dtype, self.param_dtype)(x.astype(self.dtype))
         return x.astype(jnp.float32)
+
+
+class SwinTransformer(Swin):
+    """Swin Transformer V1: scaled dot-product window attention with a learned relative position bias
+    table (`qk_scale` overrides the head_dim ** -0.5 scale), pre-norm blocks. See `Swin` for the
+    options and outputs."""
+
+    qk_scale: float | None = None
+
+    def window_attention(self, stage: int) -> Callable[..., nn.Module]:
+        return functools.partial(WindowAttention, qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
+                                 attn_drop_rate=self.attn_drop_rate, proj_drop_rate=self.drop_rate,
+                                 dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 def config_fields(model_cls: type | None = None) -> set[str]:

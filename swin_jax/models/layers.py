@@ -1,0 +1,229 @@
+"""Numerics every Swin model shares: initialisers, LayerNorm, GELU, softmax, dense layers, drop path and
+the window-attention core.
+
+Each piece matches PyTorch's numerics (exact-erf GELU, LayerNorm eps 1e-5 with a two-pass variance,
+the official initialisers). Where a piece is written out by hand rather than taken from JAX or Flax,
+its docstring says what that buys; `benchmarks/layer_numerics.py` measures each one against the plain
+JAX version it replaces, and the README's performance section holds the figures.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+
+# ---- initialisers -------------------------------------------------------------------------------
+
+def trunc_normal(stddev: float = 0.02):
+    """timm's `trunc_normal_(std=.02)`: a normal cut at +-2 in absolute value, i.e. at +-100 std.
+
+    At 100 std the cut never binds, so a clipped normal is the same distribution (and avoids the
+    inverse-CDF sampler's saturation at such wide bounds).
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        return jnp.clip(stddev * jax.random.normal(key, shape, jnp.float32), -2.0, 2.0).astype(dtype)
+
+    return init
+
+
+def torch_default_bias(fan_in: int):
+    """PyTorch's default bias init for Linear / Conv layers: uniform(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+
+    def init(key, shape, dtype=jnp.float32):
+        bound = 1.0 / np.sqrt(fan_in)
+        return jax.random.uniform(key, shape, jnp.float32, -bound, bound).astype(dtype)
+
+    return init
+
+
+# PyTorch's default Conv2d weight init (kaiming_uniform with a=sqrt(5)); the official code leaves the
+# patch-embedding convolution at this default.
+torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+# ---- LayerNorm ----------------------------------------------------------------------------------
+
+def _statistics(x: jnp.ndarray, eps: float):
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    return centred, mean, jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def normalize_layer(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, eps: float) -> jnp.ndarray:
+    """PyTorch's LayerNorm over the last axis, in float32: two-pass variance, (x - mean) * rstd * scale + bias.
+
+    The gradient is written out, as PyTorch's native layer norm does: the backward pass keeps the input
+    and two statistics per row and recomputes the normalised input, where differentiating the formula
+    keeps several full-size intermediates.
+    """
+    return _normalize_layer_fwd(x, scale, bias, eps)[0]
+
+
+def _normalize_layer_fwd(x, scale, bias, eps):
+    centred, mean, rstd = _statistics(x, eps)
+    y = centred * (rstd * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
+    return y, (x, scale, bias, mean, rstd)
+
+
+def _normalize_layer_bwd(eps, residuals, g):
+    x, scale, bias, mean, rstd = residuals
+    xhat = (x.astype(jnp.float32) - mean) * rstd
+    g = g.astype(jnp.float32)
+    dxhat = g * scale.astype(jnp.float32)
+    dx = rstd * (dxhat - jnp.mean(dxhat, axis=-1, keepdims=True)
+                 - xhat * jnp.mean(dxhat * xhat, axis=-1, keepdims=True))
+    rows = tuple(range(x.ndim - 1))
+    return dx.astype(x.dtype), jnp.sum(g * xhat, axis=rows).astype(scale.dtype), jnp.sum(g, axis=rows).astype(bias.dtype)
+
+
+normalize_layer.defvjp(_normalize_layer_fwd, _normalize_layer_bwd)
+
+
+class LayerNorm(nn.Module):
+    """PyTorch's nn.LayerNorm (eps 1e-5); statistics in float32 also for bf16 inputs. Parameters as
+    Flax's LayerNorm (`scale`, `bias`)."""
+
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    scale_init: Any = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        features = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        return normalize_layer(x, scale, bias, self.epsilon).astype(self.dtype)
+
+
+def layer_norm(name: str, dtype: Dtype, param_dtype: Dtype, scale_init=nn.initializers.ones) -> LayerNorm:
+    return LayerNorm(dtype=dtype, param_dtype=param_dtype, scale_init=scale_init, name=name)
+
+
+# ---- activations --------------------------------------------------------------------------------
+
+@jax.custom_jvp
+def gelu(x: jnp.ndarray) -> jnp.ndarray:
+    """PyTorch's nn.GELU (the exact form): x * Phi(x) = 0.5 * x * (1 + erf(x / sqrt(2))).
+
+    The derivative is written out, Phi(x) + x * phi(x), so the backward pass keeps one tensor per
+    activation instead of the erf intermediates that differentiating the formula keeps (the MLP's
+    hidden activations are the largest tensors of a Swin block).
+    """
+    return 0.5 * x * (1 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+
+
+@gelu.defjvp
+def _gelu_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    cdf = 0.5 * (1 + jax.lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
+    pdf = jnp.exp(-0.5 * x * x) * np.sqrt(0.5 / np.pi).astype(x.dtype)
+    return x * cdf, t * (cdf + x * pdf)
+
+
+@jax.custom_jvp
+def softmax(x: jnp.ndarray) -> jnp.ndarray:
+    """Softmax over the last axis.
+
+    What `jax.nn.softmax` computes under `jax_softmax_custom_jvp=True` (off by default in JAX 0.10),
+    without flipping a global flag for the caller: the derivative y * (t - <t, y>) keeps only the
+    probabilities, where the default rule also keeps the exponentials (an attention map per block).
+    """
+    unnormalised = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
+    return unnormalised / jnp.sum(unnormalised, axis=-1, keepdims=True)
+
+
+@softmax.defjvp
+def _softmax_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    y = softmax(x)
+    return y, y * (t - jnp.sum(t * y, axis=-1, keepdims=True))
+
+
+# ---- dense layers and regularisation ------------------------------------------------------------
+
+class Dense(nn.Dense):
+    """nn.Dense on a 2-D (rows, features) view of the input, whatever its rank; parameters as nn.Dense.
+
+    XLA:CPU computes the weight gradient of a 2-D product straight from the activations; given 3-D or
+    4-D activations it first copies them transposed to (features, rows).
+    """
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        y = super().__call__(x.reshape(-1, x.shape[-1]))
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype, use_bias: bool = True) -> Dense:
+    """A linear layer initialised as the official code does: truncated normal std 0.02, zero bias."""
+    return Dense(features, use_bias=use_bias, kernel_init=trunc_normal(), bias_init=nn.initializers.zeros,
+                 dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+def drop_path(module: nn.Module, x: jnp.ndarray, rate, deterministic: bool) -> jnp.ndarray:
+    """Stochastic depth: drop the whole residual branch per sample with probability `rate`.
+
+    `rate` may be a traced scalar (it is a scanned input when blocks are scanned).
+    """
+    if deterministic:
+        return x
+    keep = 1.0 - jnp.asarray(rate, jnp.float32)
+    noise = jax.random.uniform(module.make_rng("dropout"), (x.shape[0],) + (1,) * (x.ndim - 1))
+    mask = jnp.floor(keep + noise)
+    return x * (mask / jnp.maximum(keep, 1e-12)).astype(x.dtype)
+
+
+def attention_dropout(rate: float, deterministic: bool) -> Callable[[jnp.ndarray], jnp.ndarray] | None:
+    """nn.Dropout(rate) on attention probabilities, for `window_attention`; None when it does nothing.
+    Call it inside the attention module's __call__, which then owns the dropout layer."""
+    if deterministic or rate == 0.0:
+        return None
+    return functools.partial(nn.Dropout(rate), deterministic=False)
+
+
+# ---- the attention core -------------------------------------------------------------------------
+
+def split_heads(qkv: jnp.ndarray, heads: int) -> list[jnp.ndarray]:
+    """(windows, n, 3C) projections -> q, k, v, each (windows, n, heads, C / heads).
+
+    Split along the features before any transpose, so that the gradient is one concatenation rather
+    than three zero-padded copies of the whole tensor added together.
+    """
+    windows_, n, c3 = qkv.shape
+    return [t.reshape(windows_, n, heads, c3 // (3 * heads)) for t in jnp.split(qkv, 3, axis=-1)]
+
+
+def window_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, bias: jnp.ndarray, mask: np.ndarray | None,
+                     *, dropout: Callable[[jnp.ndarray], jnp.ndarray] | None = None,
+                     logits_precision=None) -> jnp.ndarray:
+    """softmax(q k^T + bias + mask) v inside each window: the one function a fused kernel replaces.
+
+    q, k, v: (windows, n, heads, d), q already scaled (V1: by head_dim ** -0.5; V2: cosine attention's
+    normalised q times the logit scale). bias: (heads, n, n), the same for every window. mask: None or
+    (num_windows, n, n), the shifted-window mask, where window w of image b is row b * num_windows + w.
+    The logits and softmax are float32 whatever the dtype of q and k; the probabilities are cast to v's
+    dtype. `dropout` acts on the probabilities (training only). Returns (windows, n, heads * d).
+    """
+    # Heads-major for both products: asked for a (windows, n, heads, d) result directly, XLA:CPU
+    # computes a transposed product on a slower path.
+    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, precision=logits_precision).astype(jnp.float32) + bias
+    if mask is not None:
+        shape = logits.shape
+        logits = (logits.reshape(-1, mask.shape[0], *shape[1:]) + mask[None, :, None]).reshape(shape)
+    probs = softmax(logits).astype(v.dtype)
+    if dropout is not None:
+        probs = dropout(probs)
+    out = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3)
+    return out.reshape(*out.shape[:2], -1)
