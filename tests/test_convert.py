@@ -21,49 +21,8 @@ from swin_jax.convert import (ConversionError, convert_state_dict, export_timm_s
                               resample)
 from swin_jax.convert.__main__ import main as convert_main
 from swin_jax.models.swin import SwinTransformer
-
-RTOL = ATOL = 1e-5
-
-
-def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial LayerNorm, bias and bias-table values, so no swapped or transposed tensor can hide."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("relative_position_bias_table"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            elif p.ndim == 1 and ("norm" in name and name.endswith("weight")):
-                p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-    return module.eval()
-
-
-def numpy_state(module) -> dict:
-    return {k: v.numpy() for k, v in module.state_dict().items()}
-
-
-def jax_outputs(model, variables, x_nhwc):
-    logits, state = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(variables, x_nhwc)
-    stages = [np.asarray(state["intermediates"][f"stage{i}"][0]) for i in range(4)]
-    return np.asarray(logits), stages
-
-
-def timm_outputs(tm, x_nhwc):
-    with torch.no_grad():
-        x = torch.from_numpy(x_nhwc).permute(0, 3, 1, 2)
-        logits = tm(x).numpy()
-        _, inter = tm.forward_intermediates(x)
-    return logits, [t.permute(0, 2, 3, 1).numpy() for t in inter]
-
-
-def images(n, h, w, seed=0):
-    return np.random.RandomState(seed).randn(n, h, w, 3).astype(np.float32)
-
-
-def max_relative_error(got, want):
-    return max(float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
-
+from references import (ATOL, RTOL, SMALL, check_close, images, jax_outputs, numpy_state, official_layout, randomize,
+                        timm_outputs)
 
 def check_timm_parity(name, tmp_path):
     tm = randomize(timm.create_model(name))
@@ -72,9 +31,7 @@ def check_timm_parity(name, tmp_path):
     model = swin_jax.create_model(name)
     variables = load_pytorch_checkpoint(path, model)
     x = images(2, model.img_size, model.img_size)
-    got, want = jax_outputs(model, variables, x), timm_outputs(tm, x)
-    chex.assert_trees_all_close(got, want, rtol=RTOL, atol=ATOL)
-    print(f"{name}: max error relative to the largest value {max_relative_error(got, want):.2e}")
+    check_close(f"timm {name}", jax_outputs(model, variables, x), timm_outputs(tm, x))
 
 
 @pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "swin_base_patch4_window12_384"])
@@ -119,6 +76,43 @@ def test_absolute_position_embedding_parity_and_resize():
     np.testing.assert_allclose(big["params"]["absolute_pos_embed"], want, rtol=1e-5, atol=1e-5)
 
 
+def test_init_from_a_converted_directory_fits_our_own_parameters(tmp_path, monkeypatch):
+    """A converted ape=True directory (timm's layout has no absolute position embedding) initialises a
+    model at 384 / window 12 with 10 classes: bias tables resampled, the embedding resized and the head
+    reset on our own parameter tree, exactly as converting the PyTorch file to that model does."""
+    from swin_jax import checkpoint
+    from swin_jax.convert import layouts, loader
+    from swin_jax.train.loop import load_init
+
+    hf = hf_tiny(use_absolute_embeddings=True)
+    with torch.no_grad():
+        hf.swin.embeddings.position_embeddings.normal_(0, 0.5)
+    state = numpy_state(hf)
+    source = swin_jax.create_model("swin_tiny_patch4_window7_224", ape=True)
+    checkpoint.save_pretrained(tmp_path / "ape", convert_state_dict(state, source), "swin_tiny_patch4_window7_224",
+                               {"ape": True})
+    target = swin_jax.create_model("swin_tiny_patch4_window7_224", ape=True, img_size=384, window_size=12,
+                                   num_classes=10)
+    expected = convert_state_dict(state, target)["params"]
+    checkpoint.save_pretrained(tmp_path / "plain", convert_state_dict(numpy_state(hf_tiny()), swin_jax.create_model(
+        "swin_tiny_patch4_window7_224")), "swin_tiny_patch4_window7_224", {})
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("went through the timm layout")
+
+    monkeypatch.setattr(layouts, "to_timm_layout", refuse)
+    monkeypatch.setattr(loader, "export_timm_state_dict", refuse)
+    params = load_init(str(tmp_path / "ape"), target)
+    assert params["absolute_pos_embed"].shape == (1, 96, 96, 96)
+    assert params["layers_0"]["blocks"]["block0"]["attn"]["relative_position_bias_table"].shape == (1, 23 * 23, 3)
+    chex.assert_trees_all_equal(params, expected)
+    # A directory without the embedding cannot initialise a model that has one: named in our own terms.
+    with pytest.raises(ConversionError, match=r"plain does not fit swin_tiny_patch4_window7_224 \(Swin V1, (.|\n)*"
+                                              r"missing in the checkpoint \(1\):\n    absolute_pos_embed "
+                                              r"\(expected \(1, 56, 56, 96\)\)"):
+        load_init(str(tmp_path / "plain"), source)
+
+
 def old_hf_names(state: dict) -> dict:
     """Hugging Face's key names before the q/k/v/o_proj renaming."""
     renames = [("attention.q_proj", "attention.self.query"), ("attention.k_proj", "attention.self.key"),
@@ -159,19 +153,6 @@ def test_huggingface_parity_on_a_non_divisible_size():
     chex.assert_trees_all_close(got, want, rtol=RTOL, atol=ATOL)
 
 
-def official_layout(tm) -> dict:
-    """timm's tensors arranged as the official Microsoft checkpoints: patch merging at the end of
-    stages 0..2, `head.*`, and the relative_position_index / attn_mask buffers."""
-    out = {}
-    for k, v in tm.state_dict().items():
-        k = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) - 1}.downsample", k)
-        out[k.replace("head.fc.", "head.")] = v
-    for k, v in tm.named_buffers():
-        if k.endswith(("relative_position_index", "attn_mask")):
-            out[k] = v
-    return out
-
-
 def test_official_layout_parity(tmp_path):
     tm = randomize(timm.create_model("swin_tiny_patch4_window7_224"))
     official = official_layout(tm)
@@ -194,9 +175,6 @@ def test_official_relative_index_is_checked():
     official[key] = official[key][::-1].copy()
     with pytest.raises(ConversionError, match=f"buffer {re.escape(key)} is not the standard relative position index"):
         convert_state_dict(official, swin_jax.create_model("swin_tiny_patch4_window7_224"))
-
-
-SMALL = dict(img_size=64, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=4, num_classes=10)
 
 
 def test_gradient_parity_with_torch_autograd():
@@ -323,6 +301,10 @@ def test_another_variant_names_the_keys(tmp_path, capsys):
     ckpt = tmp_path / "tiny.pth"
     torch.save(timm.create_model("swin_tiny_patch4_window7_224").state_dict(), ckpt)
     err = failing_cli(tmp_path, ckpt, model="swin_small_patch4_window7_224", capsys=capsys)
+    # First what was asked for and what the file is, then the keys.
+    first, second = err.splitlines()[:2]
+    assert first.startswith(f"error: {ckpt} (timm layout) does not fit swin_small_patch4_window7_224 (Swin V1")
+    assert second.startswith("the checkpoint looks like: embed_dim=96") and "it matches swin_tiny_patch4_window7_224" in second
     assert "missing in the checkpoint (156):\n    layers.2.blocks.6.attn.proj.bias (expected (384,))" in err
     assert "layers.2.blocks.6.attn.qkv.weight (expected (1152, 384))" in err
     assert "depths=(2, 2, 6, 2)" in err

@@ -132,6 +132,18 @@ def timm_key(path: tuple[str, ...]) -> str:
     return ".".join(parts + [leaf])
 
 
+def flax_path(key: str, ndim: int) -> tuple[str, ...]:
+    """timm's state-dict key of an `ndim`-dimensional tensor -> our (unrolled) parameter path; the inverse
+    of `timm_key`. A `weight` is a kernel when it is a matrix or convolution, a LayerNorm scale when 1-D."""
+    parts = re.sub(r"(^|\.)(layers|blocks)\.(\d+)(?=\.|$)", r"\1\2_\3", key).split(".")
+    leaf = parts.pop()
+    if parts == ["head", "fc"]:
+        parts = ["head"]
+    if leaf == "weight":
+        leaf = "kernel" if ndim >= 2 else "scale"
+    return (*parts, leaf)
+
+
 def torch_to_flax(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
     """A timm tensor in our parameter's layout (before any resizing)."""
     if path[-1] == "kernel":

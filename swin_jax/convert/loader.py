@@ -1,9 +1,13 @@
-"""PyTorch state dicts <-> swin_jax variables, with strict accounting of every tensor."""
+"""PyTorch state dicts and converted directories -> swin_jax variables (with strict accounting of every
+tensor, and fitting to another window, resolution or head), and swin_jax variables -> timm's layout."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import re
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -12,16 +16,16 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from swin_jax.convert import layouts, resample
 from swin_jax.convert.reader import ConversionError, read_state_dict
-from swin_jax.models import windows
-from swin_jax.models.swin import SwinTransformer, stack_blocks, trunc_normal, unstack_blocks
-from swin_jax.models.swin_v2 import SwinTransformerV2
+from swin_jax.models import registry, windows
+from swin_jax.models.layers import trunc_normal
+from swin_jax.models.swin import Swin, stack_blocks, unstack_blocks
 
 log = logging.getLogger(__name__)
 
 IMAGENET_22K_CLASSES = 21841
 
 
-def expected_params(model: SwinTransformer) -> dict:
+def expected_params(model: Swin) -> dict:
     """Shapes of the model's parameters in the unrolled layout, keyed by path tuple (no compute)."""
     shapes = jax.eval_shape(lambda: model.clone(scan_blocks=False).init(
         jax.random.key(0), jnp.zeros((1, *model.input_hw, model.in_chans), jnp.float32)))
@@ -38,60 +42,96 @@ def _listing(title: str, rows: list[str], limit: int = 25) -> str:
     return f"{title} ({len(rows)}):\n    " + "\n    ".join(shown)
 
 
-def convert_state_dict(state: dict, model: SwinTransformer, *, class_map: np.ndarray | None = None,
-                       source: str = "checkpoint") -> dict:
-    """A PyTorch Swin state dict (any of the three layouts) -> Flax variables for `model`.
+@dataclasses.dataclass(frozen=True)
+class Naming:
+    """How error messages name a parameter: by PyTorch key and shape, or by our tree path and shape."""
+    key: Callable[[tuple], str]
+    shape: Callable[[tuple, tuple], tuple]
 
-    Different window sizes resample the relative position bias tables (bicubic, as the official
-    code); a different patch grid resizes the absolute position embedding; a head with another
-    number of classes is dropped with a warning (or, for a 21841-class head and a 1000-class model
-    given `class_map`, narrowed to those 1000 rows). Anything else that does not fit is an error
-    listing every missing, unexpected and mis-shaped key.
-    """
+
+TORCH_NAMES = Naming(layouts.timm_key, layouts.torch_shape)
+FLAX_NAMES = Naming(lambda path: "/".join(path), lambda path, shape: tuple(shape))
+
+
+def convert_state_dict(state: dict, model: Swin, *, class_map: np.ndarray | None = None,
+                       source: str = "checkpoint") -> dict:
+    """A PyTorch Swin state dict (any of the three layouts) -> Flax variables for `model`: renamed to our
+    parameter paths, then fitted to the model by `fit_params`."""
     layout, state, buffers = layouts.to_timm_layout(state)
     _check_relative_index(buffers, source)
+    tensors = {}
+    for key, value in state.items():
+        path = layouts.flax_path(key, np.ndim(value))
+        tensors[path] = layouts.torch_to_flax(path, np.asarray(value))
+    return fit_params(tensors, model, class_map=class_map, source=f"{source} ({layout} layout)", naming=TORCH_NAMES,
+                      found=layouts.describe(state))
+
+
+def fit_params(tensors: dict, model: Swin, *, class_map: np.ndarray | None = None, source: str = "checkpoint",
+               naming: Naming = FLAX_NAMES, found: dict | None = None) -> dict:
+    """Flax variables for `model` from `tensors`, {unrolled parameter path: array in our layout}.
+
+    What a fine-tuning change of resolution or classes asks for is done on our own parameters:
+    another window resamples the relative position bias tables (bicubic, as the official code); another
+    patch grid resizes the absolute position embedding; a head with another number of classes is dropped
+    with a warning (or, for a 21841-class head and a 1000-class model given `class_map`, narrowed to those
+    1000 rows). Anything else that does not fit is an error that first names the registered model the
+    tensors match (`found`: their hyper-parameters), then lists every missing, unexpected and
+    mis-shaped tensor.
+    """
     expected = expected_params(model)
-    params, missing, mismatched, used = {}, [], [], set()
+    params, missing, mismatched = {}, [], []
     for path, spec in expected.items():
-        key = layouts.timm_key(path)
-        if key not in state and path[0] == "head":
-            log.warning("%s has no classifier head: %s is freshly initialised", source, key)
-            params[path] = _fresh_head(path, spec.shape)
+        shape = tuple(spec.shape)
+        if path not in tensors:
+            if path[0] == "head":
+                log.warning("%s has no classifier head: %s is freshly initialised", source, naming.key(path))
+                params[path] = _fresh_head(path, shape)
+            else:
+                missing.append(f"{naming.key(path)} (expected {naming.shape(path, shape)})")
             continue
-        if key not in state:
-            missing.append(f"{key} (expected {layouts.torch_shape(path, spec.shape)})")
-            continue
-        used.add(key)
-        value = layouts.torch_to_flax(path, np.asarray(state[key]))
-        value = _fit(path, key, value, tuple(spec.shape), class_map)
+        value = _fit(path, naming.key(path), np.asarray(tensors[path]), shape, class_map)
         if value is None:  # a head for other classes: keep the freshly initialised one
-            value = _fresh_head(path, spec.shape)
-        if value.shape != tuple(spec.shape):
-            mismatched.append(f"{key}: expected {layouts.torch_shape(path, spec.shape)}, found {tuple(state[key].shape)}")
+            value = _fresh_head(path, shape)
+        if value.shape != shape:
+            mismatched.append(f"{naming.key(path)}: expected {naming.shape(path, shape)}, "
+                              f"found {naming.shape(path, tensors[path].shape)}")
             continue
         params[path] = jnp.asarray(value, spec.dtype)
-    unexpected = sorted(set(state) - used)
+    unexpected = [f"{naming.key(p)} {naming.shape(p, tensors[p].shape)}" for p in set(tensors) - set(expected)]
     if missing or unexpected or mismatched:
-        parts = [f"{source} ({layout} layout) does not fit {_model_summary(model)}:"]
+        parts = [f"{source} does not fit {registry.describe(model)}:"]
+        if found:
+            matches = registry.matching_models(found)
+            parts.append("the checkpoint looks like: " + ", ".join(f"{k}={v}" for k, v in found.items()) + "; " +
+                         (f"it matches {', '.join(matches[:3])}" if matches else "no registered model matches it"))
         if missing:
             parts.append(_listing("missing in the checkpoint", missing))
         if unexpected:
-            parts.append(_listing("unexpected in the checkpoint",
-                                  [f"{k} {tuple(state[k].shape)}" for k in unexpected]))
+            parts.append(_listing("unexpected in the checkpoint", unexpected))
         if mismatched:
             parts.append(_listing("shape mismatch", mismatched))
-        found = layouts.describe(state)
-        if found:
-            parts.append("the checkpoint looks like: " + ", ".join(f"{k}={v}" for k, v in found.items()))
         raise ConversionError("\n".join(parts))
     tree = unflatten_dict(params)
     return {"params": stack_blocks(tree) if model.scan_blocks else tree}
 
 
-def _model_summary(model: SwinTransformer) -> str:
-    v2 = isinstance(model, SwinTransformerV2)
-    return (f"the model ({'Swin V2' if v2 else 'Swin V1'}, embed_dim={model.embed_dim}, depths={tuple(model.depths)}, "
-            f"num_heads={tuple(model.num_heads)}, window_size={model.window_size}, num_classes={model.num_classes})")
+def load_weights(path: str, model: Swin, *, class_map: np.ndarray | None = None) -> dict:
+    """Flax variables for `model` from a converted directory (`python -m swin_jax.convert`) or a PyTorch
+    checkpoint file, fitted to it as `fit_params` says: another window, resolution or head works."""
+    from swin_jax import checkpoint
+
+    if checkpoint.is_pretrained_dir(path):
+        source, variables, _ = checkpoint.load_pretrained(path)
+        params = variables["params"]
+        tensors = flatten_dict(jax.device_get(unstack_blocks(params) if source.scan_blocks else params))
+        found = {f: getattr(source, f) for f in registry.SHAPE_FIELDS}
+        found["version"] = registry.version(source)
+        return fit_params(tensors, model, class_map=class_map, source=str(path), found=found)
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path} is neither a converted model directory (config.json and params/) nor a "
+                              f"checkpoint file")
+    return load_pytorch_checkpoint(path, model, class_map=class_map)
 
 
 def _fit(path, key, value, shape, class_map):
@@ -144,12 +184,12 @@ def _check_relative_index(buffers: dict, source: str):
                                   f"{window}x{window} window; this checkpoint indexes its bias table differently")
 
 
-def load_pytorch_checkpoint(path, model: SwinTransformer, *, class_map=None) -> dict:
+def load_pytorch_checkpoint(path, model: Swin, *, class_map=None) -> dict:
     """Flax variables for `model` from a PyTorch Swin checkpoint file (.pth/.pt/.bin/.safetensors)."""
     return convert_state_dict(read_state_dict(path), model, class_map=class_map, source=str(path))
 
 
-def export_timm_state_dict(variables: dict, model: SwinTransformer) -> dict[str, np.ndarray]:
+def export_timm_state_dict(variables: dict, model: Swin) -> dict[str, np.ndarray]:
     """Flax variables -> a timm-layout state dict of float32 numpy arrays."""
     params = variables.get("params", variables)
     if model.scan_blocks:

@@ -65,7 +65,11 @@ def _read_torch(path: str) -> dict[str, np.ndarray]:
     import pickle
     import zipfile
 
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError(f"{path}: reading PyTorch pickle files (.pth, .pt, .bin, .ckpt) needs PyTorch "
+                              f"(pip install torch); .safetensors files are read without it") from None
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
