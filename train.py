@@ -10,6 +10,8 @@ import glob
 import os
 import sys
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data here; keep its start-up chatter out
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -35,6 +37,27 @@ def preload_tcmalloc() -> None:
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "LD_PRELOAD": preload})
 
 
+def _message(error: BaseException) -> str:
+    """The innermost message of a (wrapped) error, on one line."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    if isinstance(error, KeyError) and error.args:  # a misspelt field: ml_collections suggests the right one
+        return "unknown config field " + " ".join(str(error.args[0]).split())
+    return " ".join(str(error).split())
+
+
+def parse_flags(argv):
+    """absl's flag parsing, where a bad --config or --config.field is one line on stderr and exit status 2."""
+    try:
+        args = FLAGS(argv)
+    except Exception as e:  # noqa: BLE001  config overrides fail with several kinds of error
+        sys.exit(f"error: {_message(e)}")
+    config_file = config_flags.get_config_filename(FLAGS["config"])
+    if not os.path.isfile(config_file):
+        sys.exit(f"error: --config {config_file}: no such config file")
+    return args
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -53,4 +76,4 @@ def main(argv):
 
 if __name__ == "__main__":
     preload_tcmalloc()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

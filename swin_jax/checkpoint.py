@@ -12,7 +12,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from swin_jax.models import create_model
-from swin_jax.models.swin import SwinTransformer
+from swin_jax.models.swin import Swin
 
 CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
@@ -45,7 +45,7 @@ def is_pretrained_dir(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isdir(os.path.join(path, PARAMS_DIR))
 
 
-def load_pretrained(directory: str | os.PathLike, **overrides) -> tuple[SwinTransformer, dict, dict]:
+def load_pretrained(directory: str | os.PathLike, **overrides) -> tuple[Swin, dict, dict]:
     """(model, variables, config) from a directory written by `save_pretrained`.
 
     `overrides` change how the model is built (e.g. dtype) but not the parameter shapes.

@@ -3,7 +3,9 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import demo
@@ -19,29 +21,44 @@ def _config(**overrides):
     return config
 
 
-def _losses(workdir):
-    """train_loss per step; a step logged twice (before and after a restart) keeps its last value."""
+def _rows(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    return {r["step"]: r["train_loss"] for r in rows if "train_loss" in r}
+        return [json.loads(line) for line in f]
 
 
-def test_resume_skips_a_damaged_step_and_repeats_the_same_losses(tmp_path, caplog):
+def test_resume_skips_a_damaged_step_and_repeats_the_same_losses(tmp_path, caplog, capsys):
     workdir = str(tmp_path / "run")
     train_and_evaluate(_config(), workdir)
-    first = _losses(workdir)
+    first = {r["step"]: r["train_loss"] for r in _rows(workdir) if "train_loss" in r}
     assert sorted(first) == [1, 2, 3, 4, 5, 6]
+    logged = len(_rows(workdir))
     # Damage every file of the newest step, as a crash in the middle of writing it would.
     for root, _, files in os.walk(os.path.join(workdir, "checkpoints", "6")):
         for name in files:
             with open(os.path.join(root, name), "r+b") as f:
                 f.truncate(max(0, os.path.getsize(f.name) // 3))
+    capsys.readouterr()
     with caplog.at_level(logging.WARNING, logger=checkpoint.__name__):
         train_and_evaluate(_config(), workdir)
     assert any("skipping checkpoint step 6" in r.getMessage() for r in caplog.records)
-    again = _losses(workdir)
-    for step in (4, 5, 6):  # recomputed from the step-3 checkpoint: the same batches, rng and state
-        assert again[step] == first[step], step
+    assert "resumed from the checkpoint of step 3 in" in capsys.readouterr().out
+    # The second run logged steps 4 to 6 only, recomputed from the step-3 checkpoint with the same
+    # batches, rng and state; nothing before the checkpoint it resumed from.
+    again = [r for r in _rows(workdir)[logged:] if "train_loss" in r]
+    assert [r["step"] for r in again] == [4, 5, 6]
+    for row in again:
+        assert row["train_loss"] == first[row["step"]], row["step"]
+
+
+def test_a_finished_workdir_reports_its_evaluation_and_logs_nothing_twice(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    done = train_and_evaluate(_config(total_steps=3), workdir)
+    rows = _rows(workdir)
+    capsys.readouterr()
+    again = train_and_evaluate(_config(total_steps=3), workdir)
+    out = capsys.readouterr().out
+    assert "already holds the final checkpoint (step 3 of 3)" in out and f"top-1 {done['eval_top1']:.4f}" in out
+    assert again == done and _rows(workdir) == rows
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
@@ -67,8 +84,18 @@ def test_restore_onto_another_topology(tmp_path, source, target):
         with jax.set_mesh(mesh):
             return build_training(config, model, lr, mesh, 10)[:2]
 
-    saved, _ = state_on(*source)
-    saved = saved.replace(params=jax.tree.map(lambda p: p + 0.5, saved.params))
+    # A state after real steps: Adam's moments and the step count are not their initial zeros.
+    mesh = sharding.make_mesh(jax.devices()[:source[0]])
+    config.fsdp = source[1]
+    with jax.set_mesh(mesh):
+        saved, _, train_step = build_training(config, model, lr, mesh, 10)
+        for seed in range(2):
+            rng = np.random.RandomState(seed)
+            batch = {"image": rng.randint(0, 256, (64, 32, 32, 3)).astype(np.uint8),
+                     "label": rng.randint(0, 10, (64,)).astype(np.int32)}
+            saved, _ = train_step(saved, jax.device_put(batch, sharding.batch_sharding(mesh)))
+    mu = optax.tree_utils.tree_get(saved.opt_state, "mu")
+    assert int(saved.step) == 2 and all(float(jnp.abs(m).max()) > 0 for m in jax.tree.leaves(mu))
     manager = TrainCheckpoints(tmp_path / "checkpoints")
     manager.save(7, saved)
     manager.wait()

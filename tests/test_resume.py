@@ -54,13 +54,12 @@ def _interrupt(workdir, sig, after_step, timeout=600):
     return process.returncode, out, err
 
 
-def _losses_after_restart(workdir):
-    """Losses the restarted run wrote: the rows after the last 'resume' (steps logged again overwrite)."""
-    losses = {}
-    for row in _rows(workdir):
-        if "train_loss" in row:
-            losses[row["step"]] = row["train_loss"]
-    return losses
+def _resumed_run(workdir):
+    """Run the same command again; the train losses it logs (only its own rows, not the first run's),
+    and its output."""
+    before = len(_rows(workdir))
+    out = _run(workdir)
+    return {r["step"]: r["train_loss"] for r in _rows(workdir)[before:] if "train_loss" in r}, out
 
 
 @pytest.fixture(scope="module")
@@ -78,19 +77,19 @@ def test_sigterm_saves_stops_cleanly_and_resumes_bitwise(tmp_path, reference):
     assert "stopping at step" in out
     stopped = int(out.split("stopping at step ")[1].split()[0])
     assert 8 <= stopped < STEPS
-    out = _run(tmp_path)
+    resumed, out = _resumed_run(tmp_path)
     assert f"resumed from the checkpoint of step {stopped}" in out
-    resumed = _losses_after_restart(tmp_path)
-    for step in range(stopped + 1, STEPS + 1):
+    assert sorted(resumed) == list(range(stopped + 1, STEPS + 1))  # nothing before the checkpoint again
+    for step in resumed:
         assert resumed[step] == reference[step], step  # bitwise: same batches, rng, state, program
 
 
 def test_sigkill_resumes_from_the_last_complete_checkpoint_bitwise(tmp_path, reference):
     code, _, _ = _interrupt(tmp_path, signal.SIGKILL, after_step=13)
     assert code == -signal.SIGKILL
-    out = _run(tmp_path)
+    resumed, out = _resumed_run(tmp_path)
     restarted = int(out.split("resumed from the checkpoint of step ")[1].split()[0])
     assert restarted in (5, 10, 15)
-    resumed = _losses_after_restart(tmp_path)
-    for step in range(restarted + 1, STEPS + 1):
+    assert sorted(resumed) == list(range(restarted + 1, STEPS + 1))
+    for step in resumed:
         assert resumed[step] == reference[step], step

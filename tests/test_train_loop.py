@@ -10,6 +10,7 @@ import torch
 from configs import demo
 from swin_jax import data
 from swin_jax.train import TrainingError, train_and_evaluate
+from references import randomize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_MODEL = dict(img_size=32, patch_size=2, embed_dim=48, depths=(2, 2, 2), num_heads=(3, 6, 12), window_size=4)
@@ -26,9 +27,16 @@ def _short_demo(**overrides):
     return config
 
 
-def test_demo_run_writes_metrics_tensorboard_config_and_checkpoints(tmp_path):
+def test_demo_run_writes_metrics_tensorboard_config_and_checkpoints(tmp_path, capsys):
     workdir = str(tmp_path / "run")
     results = train_and_evaluate(_short_demo(), workdir)
+    out = capsys.readouterr().out.splitlines()
+    # What is really run: the overrides and the resulting architecture, not only the registry name.
+    assert out[0].startswith("model: swin_tiny_patch4_window7_224 with depths=(2, 2, 2), drop_path_rate=0.1, "
+                             "embed_dim=48, num_heads=(3, 6, 12), patch_size=2, window_size=4, i.e. ")
+    assert "i.e. a Swin V1 model (embed_dim=48, depths=(2, 2, 2), num_heads=(3, 6, 12), window_size=4, patch_size=2, " \
+           "img_size=32, num_classes=10)" in out[0] and out[0].endswith("parameters, 10 classes")
+    assert out.index("compiling the train step ...") < min(i for i, line in enumerate(out) if line.startswith("step "))
     rows = _rows(workdir)
     train_rows = [r for r in rows if "train_loss" in r]
     eval_rows = [r for r in rows if "eval_top1" in r]
@@ -42,7 +50,8 @@ def test_demo_run_writes_metrics_tensorboard_config_and_checkpoints(tmp_path):
     assert lrs[0] == pytest.approx(8e-3 * 64 / 512) and lrs == sorted(lrs, reverse=True)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     with open(os.path.join(workdir, "config.json")) as f:
-        assert json.load(f)["input"]["dataset"] == "demo"
+        saved = json.load(f)
+    assert saved["input"]["dataset"] == "demo" and saved["input"]["num_classes"] == 10
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
 
 
@@ -57,26 +66,31 @@ def test_nan_loss_stops_with_the_step_and_keeps_earlier_checkpoints(tmp_path):
     assert all(np.isfinite(r["train_loss"]) for r in _rows(workdir) if "train_loss" in r)
 
 
-def test_eval_only_gives_timm_accuracy_for_a_pytorch_checkpoint(tmp_path):
-    """--config.eval_only with init_from a PyTorch file: the same top-1 as timm on the same images."""
+def test_eval_only_gives_timm_accuracy_and_loss_for_a_pytorch_checkpoint(tmp_path):
+    """--config.eval_only with init_from a PyTorch file (every tensor randomised): the top-1 and the mean
+    loss timm gives on the same images."""
     import timm
 
-    torch.manual_seed(0)
-    reference = timm.create_model("swin_tiny_patch4_window7_224", num_classes=10, **DEMO_MODEL).eval()
+    reference = randomize(timm.create_model("swin_tiny_patch4_window7_224", num_classes=10, **DEMO_MODEL))
     path = str(tmp_path / "weights.pth")
     torch.save(reference.state_dict(), path)
     config = _short_demo(eval_only=True, init_from=path)
     results = train_and_evaluate(config, str(tmp_path / "eval"))
 
     hits = total = 0
+    loss = 0.0
     for batch in data.eval_input(config.input):
         images = torch.from_numpy(np.array(data.normalize(batch["image"]))).permute(0, 3, 1, 2)
         with torch.no_grad():
-            predicted = reference(images).argmax(-1).numpy()
-        hits += int(((predicted == batch["label"]) & batch["mask"]).sum())
+            logits = reference(images)
+        mask = torch.from_numpy(batch["mask"])
+        labels = torch.from_numpy(batch["label"]).long()
+        loss += float((torch.nn.functional.cross_entropy(logits, labels, reduction="none") * mask).sum())
+        hits += int(((logits.argmax(-1).numpy() == batch["label"]) & batch["mask"]).sum())
         total += int(batch["mask"].sum())
     assert total == results["eval_examples"] == 360
     assert results["eval_top1"] == pytest.approx(hits / total, abs=1.5 / total)  # at most one near-tie apart
+    assert results["eval_loss"] == pytest.approx(loss / total, rel=1e-5)
 
 
 def _train_py(*args, timeout=900):
@@ -85,9 +99,14 @@ def _train_py(*args, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def test_unknown_config_field_is_an_error_naming_it(tmp_path):
+def test_config_errors_are_one_line_naming_the_field_or_file(tmp_path):
     result = _train_py("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.batchsize=8")
-    assert result.returncode != 0 and "batchsize" in result.stderr
+    assert result.returncode != 0
+    assert result.stderr.strip() == ('error: unknown config field \'batchsize\' Did you mean "batch_size" instead of '
+                                     '"batchsize"?')
+    result = _train_py("--config", "configs/no_such_config.py", "--workdir", str(tmp_path))
+    assert result.returncode != 0
+    assert result.stderr.strip() == "error: --config configs/no_such_config.py: no such config file"
     result = _train_py("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.dataset=imagenet2013")
     assert result.returncode == 1 and "unknown dataset 'imagenet2013'" in result.stderr
     assert "Traceback" not in result.stderr

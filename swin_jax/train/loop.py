@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -14,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from swin_jax import checkpoint, data
-from swin_jax.models import create_model
+from swin_jax.models import create_model, registry
 from swin_jax.train import optim, sharding
 from swin_jax.train.metrics import MetricWriter
 from swin_jax.train.steps import TrainState, make_eval_step, make_train_step
@@ -70,19 +71,15 @@ def build_model(config, num_classes: int):
 
 
 def load_init(path: str, model, class_map_path: str = ""):
-    """Parameters for `model` from a converted directory or a PyTorch checkpoint file, resampling bias
-    tables and resetting a head for other classes as the converter does."""
-    from swin_jax.convert import convert_state_dict, export_timm_state_dict, load_pytorch_checkpoint
-    from swin_jax.convert.loader import read_class_map
+    """Parameters for `model` from a converted directory or a PyTorch checkpoint file, fitted to it as the
+    converter fits them (bias tables resampled, position embedding resized, a head for other classes
+    reset, a 22K head narrowed with `class_map_path`)."""
+    from swin_jax.convert.loader import load_weights, read_class_map
 
-    class_map = read_class_map(class_map_path) if class_map_path else None
-    if checkpoint.is_pretrained_dir(path):
-        source_model, variables, _ = checkpoint.load_pretrained(path)
-        state = export_timm_state_dict(variables, source_model)
-        return convert_state_dict(state, model, class_map=class_map, source=path)["params"]
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise TrainingError(f"config.init_from={path!r} is neither a converted model directory nor a file")
-    return load_pytorch_checkpoint(path, model, class_map=class_map)["params"]
+    class_map = read_class_map(class_map_path) if class_map_path else None
+    return load_weights(path, model, class_map=class_map)["params"]
 
 
 def _check(config) -> None:
@@ -128,6 +125,31 @@ def evaluate(eval_step, params, evaluation, batch_sharding) -> dict:
             "eval_top5": float(totals["top5"]) / count, "eval_examples": float(totals["count"])}
 
 
+def _eval_line(results: dict) -> str:
+    line = (f"eval top-1 {results['eval_top1']:.4f}, top-5 {results['eval_top5']:.4f}, "
+            f"loss {results['eval_loss']:.4f} ({int(results['eval_examples'])} examples)")
+    if "ema_eval_top1" in results:
+        line += f"; EMA top-1 {results['ema_eval_top1']:.4f}"
+    return line
+
+
+def _write_config(config, workdir: str, num_classes: int) -> None:
+    """workdir/config.json: the run's config with references resolved and input.num_classes set to the
+    classes the data really has."""
+    resolved = config.copy_and_resolve_references()
+    resolved.input.num_classes = num_classes
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(resolved.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def _model_line(config, model, n_params: int) -> str:
+    overrides = dict(config.model_overrides)
+    if not overrides:
+        return f"model: {registry.describe(model)}, {n_params:,} parameters"
+    shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    return f"model: {config.model} with {shown}, i.e. {registry.describe(model)}, {n_params:,} parameters"
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train (or, with config.eval_only, evaluate) as `config` says; returns the last eval metrics."""
     initialize_distributed()
@@ -135,10 +157,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     mesh = sharding.make_mesh()
     batch_sharding = sharding.batch_sharding(mesh)
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
     checkpoints = checkpoint.TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
     training = None if config.eval_only else data.train_input(config.input, seed=config.seed)
@@ -148,6 +166,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     steps_per_epoch = training.steps if training else 1
     total_steps = config.total_steps or int(config.epochs * steps_per_epoch)
     lr = optim.schedule(config, total_steps, steps_per_epoch)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        _write_config(config, workdir, num_classes)
 
     with jax.set_mesh(mesh):
         state, state_sharding, train_step = build_training(config, model, lr, mesh, num_classes)
@@ -166,28 +187,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             out_shardings=sharding.replicated(mesh))
         writer = MetricWriter(workdir, total_steps, start_step=start_step)
         n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+        writer.message(f"{_model_line(config, model, n_params)}, {num_classes} classes")
         if config.eval_only:
             results = evaluate(eval_step, state.params, evaluation, batch_sharding)
             writer.write(0, results)
-            writer.message(f"{config.model} on {config.input.dataset} ({int(results['eval_examples'])} examples): "
-                           f"top-1 {results['eval_top1']:.4f}, top-5 {results['eval_top5']:.4f}, "
-                           f"loss {results['eval_loss']:.4f}")
+            writer.message(f"{config.input.dataset}: {_eval_line(results)}")
+            writer.close()
+            checkpoints.close()
+            return results
+        if start_step >= total_steps:
+            # Nothing left to train: report the final checkpoint's evaluation, and log nothing twice.
+            results = evaluate(eval_step, state.params, evaluation, batch_sharding)
+            writer.message(f"{workdir} already holds the final checkpoint (step {start_step} of {total_steps}): "
+                           f"{_eval_line(results)}")
             writer.close()
             checkpoints.close()
             return results
 
         eval_every = config.eval_every_steps or steps_per_epoch
         writer.message(
-            f"{config.model}: {n_params:,} parameters, {num_classes} classes | {config.input.dataset}: "
-            f"{training.num_examples:,} training examples, {steps_per_epoch} steps per epoch | {total_steps} steps "
-            f"from step {start_step}, global batch {config.batch_size} on {jax.device_count()} devices "
-            f"in {jax.process_count()} process(es){' with FSDP' if config.fsdp else ''}")
-
+            f"data: {config.input.dataset}, {training.num_examples:,} training examples, {steps_per_epoch} steps per "
+            f"epoch | {total_steps} steps from step {start_step}, global batch {config.batch_size} on "
+            f"{jax.device_count()} devices in {jax.process_count()} process(es){' with FSDP' if config.fsdp else ''}")
         if start_step:
             writer.message(f"resumed from the checkpoint of step {start_step} in {checkpoints.directory}")
+
+        batches = data.to_global(iter(training), batch_sharding)
+        first = next(batches)
+        writer.message("compiling the train step ...")
+        started = time.time()
+        train_step = train_step.lower(state, first).compile()
+        writer.message(f"compiled in {time.time() - started:.0f} s")
+        batches = itertools.chain([first], batches)
+        writer.restart_clock(start_step)  # speed and ETA are measured from the first compiled step
+
         pending, results = [], {}
         last_time, last_step = time.time(), start_step
-        batches = data.to_global(iter(training), batch_sharding)
         sigterm = SigtermFlag()
         try:
             for step in range(start_step + 1, total_steps + 1):
@@ -201,11 +236,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         raise TrainingError(f"the training loss is {losses[~np.isfinite(losses)][0]} at step {bad}; "
                                             f"stopped (checkpoints saved before step {bad} are kept in {workdir})")
                     now = time.time()
-                    row = {"train_loss": float(losses.mean()),
-                           "grad_norm": float(np.mean([v["grad_norm"] for v in values])),
-                           "lr": float(values[-1]["lr"]),
+                    row = {"train_loss": float(losses.mean()), "lr": float(values[-1]["lr"]),
                            "images_per_sec": (step - last_step) * config.batch_size / (now - last_time),
                            "epoch": step / steps_per_epoch}
+                    # The norm of the gradients the optimiser applied (accumulated over micro-batches).
+                    norms = [v["grad_norm"] for v in values if v["updated"]]
+                    if norms:
+                        row["grad_norm"] = float(np.mean(norms))
                     writer.write(step, row)
                     writer.progress(step, {"loss": row["train_loss"], "lr": row["lr"], "img/s": row["images_per_sec"]})
                     pending, last_time, last_step = [], now, step
@@ -216,8 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         ema = evaluate(eval_step, state.ema_params, evaluation, batch_sharding)
                         results.update({f"ema_{k}": v for k, v in ema.items()})
                     writer.write(step, results)
-                    writer.message(f"step {step}: eval top-1 {results['eval_top1']:.4f}, "
-                                   f"top-5 {results['eval_top5']:.4f}, loss {results['eval_loss']:.4f}")
+                    writer.message(f"step {step}: {_eval_line(results)}")
                 # Every process reaches the preemption sync point at the same step, so all save together.
                 preempted = sigterm.raised or checkpoints.reached_preemption(step)
                 if preempted or step % config.checkpoint_every_steps == 0 or step == total_steps:
@@ -228,11 +264,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     break
                 if evaluated or step % config.checkpoint_every_steps == 0:
                     last_time = time.time()  # evaluating and saving are not training throughput
-            if start_step >= total_steps:
-                writer.message(f"{workdir} already holds the final checkpoint (step {start_step} of {total_steps}); "
-                               "evaluating it")
-                results = evaluate(eval_step, state.params, evaluation, batch_sharding)
-                writer.write(start_step, results)
         finally:
             sigterm.restore()
             checkpoints.close()  # waits for saves in flight: nothing saved is lost, also on errors

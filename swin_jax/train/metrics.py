@@ -26,9 +26,13 @@ class MetricWriter:
         if self.active:
             os.makedirs(workdir, exist_ok=True)
             self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-            import tensorflow as tf
+            from swin_jax.data.host import tf
 
             self.tensorboard = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+    def restart_clock(self, step: int) -> None:
+        """Measure speed and ETA from now on, at `step` (after compilation)."""
+        self.start_step, self.start_time = step, time.time()
 
     def write(self, step: int, values: dict) -> None:
         if not self.active:
@@ -36,7 +40,7 @@ class MetricWriter:
         row = {"step": int(step), **{k: float(v) for k, v in values.items()}}
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
-        import tensorflow as tf
+        from swin_jax.data.host import tf
 
         with self.tensorboard.as_default(step=int(step)):
             for key, value in values.items():

@@ -32,13 +32,18 @@ class Schedule:
     total_steps: int
 
     def __call__(self, step):
-        """timm's CosineLRScheduler as the official code builds it (warmup_prefix=True, per step)."""
-        step = jnp.asarray(step, jnp.float32)
-        warmup = self.warmup_lr + step * (self.peak_lr - self.warmup_lr) / max(self.warmup_steps, 1)
-        cosine_steps = max(self.total_steps - self.warmup_steps, 1)
-        progress = jnp.clip((step - self.warmup_steps) / cosine_steps, 0.0, 1.0)
-        cosine = self.min_lr + 0.5 * (self.peak_lr - self.min_lr) * (1 + jnp.cos(jnp.pi * progress))
-        return jnp.where(step < self.warmup_steps, warmup, cosine)
+        """timm's CosineLRScheduler as the official code builds it (warmup_prefix=True, per step): a linear
+        warm-up from warmup_lr, then a cosine from peak_lr to min_lr over the remaining steps."""
+        steps = max(self.warmup_steps, 1)
+
+        # Written out, not optax.linear_schedule: optax computes (init - end) * (1 - t) + end, which in
+        # float32 loses a small warmup_lr to the rounding of peak_lr (7.6e-6 relative at the start).
+        def warmup(count):
+            return self.warmup_lr + (self.peak_lr - self.warmup_lr) * jnp.minimum(count, steps) / steps
+
+        cosine = optax.cosine_decay_schedule(self.peak_lr, max(self.total_steps - self.warmup_steps, 1),
+                                             alpha=self.min_lr / self.peak_lr if self.peak_lr else 0.0)
+        return optax.join_schedules([warmup, cosine], [self.warmup_steps])(step)
 
 
 def scaled_lr(lr: float, config) -> float:
@@ -109,6 +114,9 @@ def layer_scales(params, depths, decay: float):
 
 
 def scale_by_tree(scales) -> optax.GradientTransformation:
+    """Multiply each update by its entry of `scales`. (optax.multi_transform labels whole leaves; scanned
+    blocks need one scale per stacked entry of a leaf.)"""
+
     def update(updates, state, params=None):
         return jax.tree.map(lambda u, s: u * s.astype(u.dtype), updates, scales), state
 
@@ -131,5 +139,14 @@ def optimizer(config, params, lr: Schedule, depths) -> optax.GradientTransformat
     return tx
 
 
-def ema_update(ema, params, decay: float):
-    return jax.tree.map(lambda e, p: e * decay + p.astype(e.dtype) * (1 - decay), ema, params)
+def applied_gradient(grads, opt_state, accum_steps: int):
+    """(the gradient the optimiser applies at this micro-step, whether it applies one now).
+
+    Without accumulation: `grads`, at every step. With optax.MultiSteps the update at every
+    `accum_steps`-th micro-step applies the mean of its micro-batches' gradients; this is that mean
+    so far (optax's own running-mean update), so at an update step it is exactly what was applied."""
+    if accum_steps == 1:
+        return grads, jnp.asarray(True)
+    n = opt_state.mini_step
+    mean = jax.tree.map(lambda g, acc: acc + (g.astype(acc.dtype) - acc) / (n + 1), grads, opt_state.acc_grads)
+    return mean, n == accum_steps - 1

@@ -22,11 +22,6 @@ class TrainState:
     rng: jax.Array  # the run's key as raw uint32 data (checkpointable); each step folds in its number
 
 
-def soft_cross_entropy(logits, targets):
-    """Mean over the batch of -sum(targets * log_softmax(logits)), timm's SoftTargetCrossEntropy."""
-    return jnp.mean(-jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1))
-
-
 def make_train_step(model, tx, lr: optim.Schedule, config, num_classes: int):
     compute_dtype = jnp.dtype(config.model_dtype)
 
@@ -37,15 +32,18 @@ def make_train_step(model, tx, lr: optim.Schedule, config, num_classes: int):
 
         def loss_fn(params):
             logits = model.apply({"params": params}, images, train=True, rngs={"dropout": k_dropout})
-            return soft_cross_entropy(logits, targets)
+            # timm's SoftTargetCrossEntropy: the batch mean of -sum(targets * log_softmax(logits)).
+            return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        applied, updated = optim.applied_gradient(grads, state.opt_state, config.grad_accum_steps)
         ema = state.ema_params
-        if config.ema_decay:
-            ema = optim.ema_update(ema, params, config.ema_decay)
-        metrics = {"train_loss": loss, "grad_norm": optax.global_norm(grads),
+        if config.ema_decay:  # one EMA step per optimiser update, not per micro-batch
+            moved = optax.incremental_update(params, ema, step_size=1.0 - config.ema_decay)
+            ema = jax.tree.map(lambda m, e: jnp.where(updated, m, e), moved, ema)
+        metrics = {"train_loss": loss, "grad_norm": optax.global_norm(applied), "updated": updated,
                    "lr": lr(state.step // config.grad_accum_steps)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), metrics
 
@@ -60,7 +58,7 @@ def make_eval_step(model, config):
         logits = model.apply({"params": params}, on_device.normalize(batch["image"], dtype=compute_dtype))
         logits = logits.astype(jnp.float32)
         labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-        loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
         return {"loss": jnp.sum(loss * mask), "top1": jnp.sum((top5[:, 0] == labels) * mask),
                 "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask), "count": jnp.sum(mask)}
