@@ -1,6 +1,9 @@
 """Classify images with a converted or PyTorch Swin checkpoint; prints the top-5 ImageNet classes.
 
-  python -m swin_jax.predict --checkpoint DIR_OR_FILE [--model NAME] IMAGE...
+  python -m swin_jax.predict --checkpoint DIR_OR_FILE [--model NAME] [--crop-pct P] IMAGE...
+
+Images go through the evaluation transform of the training pipeline (swin_jax.data.transforms), so a
+prediction here and an evaluation in train.py see the same pixels.
 """
 
 from __future__ import annotations
@@ -11,53 +14,34 @@ import sys
 
 import jax
 import numpy as np
-from PIL import Image
 
-from swin_jax import checkpoint
+from swin_jax import checkpoint, data
 from swin_jax.convert import ConversionError, convert_state_dict, layouts, read_state_dict
-from swin_jax.models import MODELS, create_model
+from swin_jax.data import transforms
+from swin_jax.models import create_model, registry
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-CROP_PCT = 0.875
+CLASS_NAMES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.txt")
 
 
-def preprocess(image: Image.Image, size: int) -> np.ndarray:
-    """The official evaluation transform: for 224 models resize the shorter side to
-    int(size / 0.875) (bicubic) and centre-crop; for larger models a plain resize to size x size."""
-    image = image.convert("RGB")
-    if size > 224:
-        image = image.resize((size, size), Image.BICUBIC)
-    else:
-        short = int(size / CROP_PCT)
-        w, h = image.size
-        # torchvision's Resize(short): the long side is truncated, not rounded.
-        new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-        image = image.resize(new, Image.BICUBIC)
-        left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
-        image = image.crop((left, top, left + size, top + size))
-    x = np.asarray(image, np.float32) / 255.0
-    return (x - IMAGENET_MEAN) / IMAGENET_STD
+def preprocess(path: str | os.PathLike, size: int, crop_pct: float = 0.0) -> np.ndarray:
+    """An image file -> the normalised (size, size, 3) float32 array the evaluation pipeline makes of it."""
+    from swin_jax.data.host import tf
+
+    with open(path, "rb") as f:
+        encoded = f.read()
+    try:
+        image = transforms.eval_transform(tf.constant(encoded), size=size, crop_pct=crop_pct)
+    except tf.errors.InvalidArgumentError as e:
+        raise ValueError(f"{path}: not a readable image ({str(e).splitlines()[0][:200]})") from None
+    return np.array(data.normalize(image.numpy()))
 
 
 def class_names(num_classes: int) -> list[str]:
-    """ImageNet-1K class names shipped with timm (no network); indices for other heads."""
+    """The ImageNet-1K class names (shipped with the package); indices for other heads."""
     if num_classes == 1000:
-        from timm.data import ImageNetInfo
-
-        info = ImageNetInfo()
-        return [info.index_to_description(i) for i in range(1000)]
+        with open(CLASS_NAMES) as f:
+            return [line.rstrip("\n") for line in f]
     return [f"class {i}" for i in range(num_classes)]
-
-
-def guess_model(state: dict) -> str:
-    """The registry name whose shapes a timm-layout state dict has."""
-    found = layouts.describe(state)
-    for name, cfg in MODELS.items():
-        if all(found.get(k) == (tuple(v) if isinstance(v, (list, tuple)) else v)
-               for k, v in cfg.items() if k in ("embed_dim", "depths", "num_heads", "window_size")):
-            return name
-    raise ConversionError(f"cannot tell which model this checkpoint is ({found}); pass --model")
 
 
 def load(path: str, model_name: str | None):
@@ -65,9 +49,14 @@ def load(path: str, model_name: str | None):
         model, variables, _ = checkpoint.load_pretrained(path)
         return model, variables
     state = read_state_dict(path)
-    timm_state = layouts.to_timm_layout(state)[1]
-    model_name = model_name or guess_model(timm_state)
-    model = create_model(model_name, num_classes=layouts.describe(timm_state).get("num_classes", 1000))
+    found = layouts.describe(layouts.to_timm_layout(state)[1])
+    if not model_name:
+        matches = registry.matching_models(found)
+        if not matches:
+            raise ConversionError(f"{path}: no registered model has its shapes "
+                                  f"({', '.join(f'{k}={v}' for k, v in found.items())}); pass --model")
+        model_name = matches[0]
+    model = create_model(model_name, num_classes=found.get("num_classes", 1000))
     return model, convert_state_dict(state, model, source=path)
 
 
@@ -76,6 +65,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="converted directory, or a PyTorch checkpoint file")
     parser.add_argument("--model", help="model name for a PyTorch file (guessed from its shapes if left out)")
+    parser.add_argument("--crop-pct", type=float, default=0.0,
+                        help="evaluation crop (config.input.crop_pct); 0: the official one for the model's size")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
@@ -84,11 +75,9 @@ def main(argv=None) -> int:
         size = model.input_hw[0]
         batch = []
         for path in args.images:
-            try:
-                with Image.open(path) as image:
-                    batch.append(preprocess(image, size))
-            except (OSError, ValueError) as e:
-                raise ValueError(f"{path}: not a readable image ({e})") from None
+            if not os.path.isfile(path):
+                raise ValueError(f"{path}: no such image file")
+            batch.append(preprocess(path, size, args.crop_pct))
     except (ConversionError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -74,11 +74,23 @@ def test_global_batches_do_not_depend_on_the_device_count(reference_batches):
         np.testing.assert_array_equal(got[0][key], reference_batches[0][key])
 
 
-def test_processes_read_disjoint_shares():
-    labels = [_take(data.train_input(_demo(batch_size=30), seed=0, process_index=p, process_count=3), 1)[0]
-              for p in range(3)]
-    assert all(b["image"].shape == (10, 32, 32, 3) for b in labels)
-    assert not np.array_equal(labels[0]["image"], labels[1]["image"])
+def test_processes_read_disjoint_shares_that_cover_the_data():
+    """Three processes over a whole epoch, augmentation off: each example of the epoch is read by exactly
+    one process, once; every process takes the same number of steps."""
+    plain = _demo(batch_size=30, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, rand_augment="")
+    images, _ = data.sources.demo_arrays("train")
+    index = {x.tobytes(): i for i, x in enumerate(images)}
+    seen = []
+    for p in range(3):
+        training = data.train_input(plain, seed=0, process_index=p, process_count=3)
+        assert training.steps == 1437 // 30 and training.local_batch_size == 10
+        batches = _take(training, training.steps)
+        assert all(b["image"].shape == (10, 32, 32, 3) for b in batches)
+        seen.append([index[x.tobytes()] for b in batches for x in b["image"]])
+    flat = [i for share in seen for i in share]
+    assert len(flat) == len(set(flat)) == 3 * 47 * 10  # disjoint, and no example twice within an epoch
+    for p, share in enumerate(seen):  # each process's own third of the data (every third example)
+        assert set(share) <= set(range(p, 1437, 3))
 
 
 def test_synthetic_source_needs_no_data():
@@ -104,15 +116,16 @@ def test_config_errors_name_the_field():
 
 
 def test_two_processes_assemble_one_global_batch():
-    """Two JAX processes of 4 devices: each reads its own share, and together they form the global batch
-    that one process with both shares would build."""
+    """Two JAX processes of 4 devices: each reads its own share, and together they form, step after step
+    (across an epoch boundary), the global batches that one process with both shares would build."""
     results = multiprocess.run("data_worker.py", 2, 4)
-    shares = [next(iter(data.train_input(_demo(), seed=3, process_index=p, process_count=2)))["label"]
-              for p in range(2)]
-    for p, result in enumerate(results):
-        assert result["shape"] == [32, 32, 32, 3] and result["shards"] == 4
-        assert result["local_labels"] == shares[p].tolist()
-        assert result["label_sum"] == int(sum(s.sum() for s in shares))
+    shares = [_take(data.train_input(_demo(), seed=3, process_index=p, process_count=2), 46) for p in range(2)]
+    for p, steps in enumerate(results):
+        assert len(steps) == 46
+        for step, result in enumerate(steps):
+            assert result["shape"] == [32, 32, 32, 3] and result["shards"] == 4
+            assert result["local_labels"] == shares[p][step]["label"].tolist(), (p, step)
+            assert result["label_sum"] == int(shares[0][step]["label"].sum() + shares[1][step]["label"].sum())
 
 
 def test_global_sharding_gives_the_same_batches_for_any_process_count():

@@ -7,7 +7,6 @@ from PIL import Image
 
 from swin_jax.data import transforms
 from swin_jax.data.on_device import normalize
-from swin_jax.predict import preprocess
 
 
 def _photo(h, w, seed=0):
@@ -91,13 +90,36 @@ def test_every_augmentation_can_be_switched_off():
     np.testing.assert_array_equal(flipped, array[:, ::-1])
 
 
+def _official_eval(image: Image.Image, size: int, crop_pct: float) -> np.ndarray:
+    """The official PIL evaluation transform: timm's create_transform (shorter side to size / crop_pct,
+    centre crop), or for crop_pct 1 torchvision's plain Resize((size, size)); normalised, HWC."""
+    import torchvision.transforms as T
+    from timm.data import create_transform
+
+    if crop_pct < 1:
+        transform = create_transform(size, interpolation="bicubic", crop_pct=crop_pct)
+    else:
+        transform = T.Compose([T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                               T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    return transform(image).permute(1, 2, 0).numpy()
+
+
+def test_official_crop_follows_the_size():
+    assert [transforms.official_crop_pct(s) for s in (96, 192, 224, 256, 384, 512)] == [0.875] * 4 + [1.0] * 2
+    array = tf.constant(_photo(240, 320, seed=3))
+    for size in (224, 384):
+        np.testing.assert_array_equal(
+            transforms.eval_transform(array, size=size).numpy(),
+            transforms.eval_transform(array, size=size, crop_pct=transforms.official_crop_pct(size)).numpy())
+
+
 def test_eval_transform_matches_the_pil_reference():
     array = _photo(240, 320, seed=3)
     for size, crop_pct in ((224, 0.875), (96, 0.875), (384, 1.0)):
         image = transforms.eval_transform(tf.constant(array), size=size, crop_pct=crop_pct).numpy()
         assert image.dtype == np.uint8
         ours = np.asarray(normalize(image))
-        reference = preprocess(Image.fromarray(array), size)
+        reference = _official_eval(Image.fromarray(array), size, crop_pct)
         assert ours.shape == reference.shape == (size, size, 3)
         # TensorFlow's and PIL's antialiased bicubic kernels differ slightly at the edges.
         assert np.abs(ours - reference).mean() < 0.02, size

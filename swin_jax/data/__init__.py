@@ -1,14 +1,21 @@
-"""Input pipelines: TFDS, image folders, the offline demo and synthetic data, the official augmentation."""
+"""Input pipelines: TFDS, image folders, the offline demo and synthetic data, the official augmentation.
 
-import tensorflow as tf
+`default_config` loads without TensorFlow; the other names import the pipeline (and TensorFlow, kept
+off the accelerators by `host.py`) when first used.
+"""
 
-# TensorFlow only reads and augments on the host; accelerators belong to JAX.
-for _kind in ("GPU", "TPU"):
-    tf.config.set_visible_devices([], _kind)
+import importlib
 
-from swin_jax.data.on_device import mix, normalize, random_erasing, smooth_one_hot, train_batch  # noqa: E402
-from swin_jax.data.pipeline import Input, default_config, eval_input, to_global, train_input  # noqa: E402
-from swin_jax.data.sources import DataError  # noqa: E402
+from swin_jax.data.config import default_config
 
-__all__ = ["DataError", "Input", "default_config", "eval_input", "mix", "normalize", "random_erasing",
-           "smooth_one_hot", "to_global", "train_batch", "train_input"]
+_MODULE_OF = {"DataError": "sources", "Input": "pipeline", "eval_input": "pipeline", "to_global": "pipeline",
+              "train_input": "pipeline", "mix": "on_device", "normalize": "on_device",
+              "random_erasing": "on_device", "smooth_one_hot": "on_device", "train_batch": "on_device"}
+
+__all__ = ["default_config", *_MODULE_OF]
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(f"swin_jax.data.{_MODULE_OF[name]}"), name)
+    raise AttributeError(f"module 'swin_jax.data' has no attribute {name!r}")

@@ -19,53 +19,14 @@ from typing import Callable, Iterator
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from swin_jax.data import sources, transforms
+from swin_jax.data.config import SYNTHETIC
+from swin_jax.data.host import tf
 from swin_jax.data.sources import DataError
 
-SYNTHETIC = "synthetic"
 DEFAULT_SPLITS = {"folder": ("train", "val"), "demo": ("train", "test"), SYNTHETIC: ("train", "validation")}
 TFDS_SPLITS = ("train", "validation")
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """`config.input` of the official ImageNet-1K recipe at 224; configs override what differs."""
-    c = ml_collections.ConfigDict()
-    c.dataset = "imagenet2012"  # a TFDS name, 'folder' (data_dir/{train,val}/CLASS/IMAGE), 'demo' or 'synthetic'
-    c.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir, or the image folder root
-    c.train_split = ""  # '' = the source's usual name ('train')
-    c.eval_split = ""  # '' = 'validation' (TFDS), 'val' (folder), 'test' (demo)
-    c.download = False  # let TFDS download and prepare a dataset that needs no manual step
-    c.batch_size = 1024  # global, over all processes
-    c.eval_batch_size = 0  # 0 = batch_size
-    c.image_size = 224
-    c.shuffle_buffer = 10_000
-    c.shard = "process"  # 'process': each reads its share; 'global': same batches for any process count
-    c.cache = False  # keep the (encoded) split in memory after the first epoch
-    c.threads = 0  # tf.data private thread pool per process; 0 = TensorFlow's default
-    # Training augmentation (timm create_transform with the Swin config); erasing happens on device.
-    c.scale = (0.08, 1.0)
-    c.ratio = (3 / 4, 4 / 3)
-    c.hflip = 0.5
-    c.rand_augment = "rand-m9-mstd0.5-inc1"  # timm's RandAugment string; '' = off
-    c.random_erase = 0.25
-    c.random_erase_mode = "pixel"
-    c.interpolation = "bicubic"
-    # Mixup / CutMix / label smoothing, applied on device to the global batch.
-    c.mixup_alpha = 0.8
-    c.cutmix_alpha = 1.0
-    c.mixup_prob = 1.0
-    c.mixup_switch_prob = 0.5
-    c.label_smoothing = 0.1
-    # Evaluation: shorter side to int(size / crop_pct), centre crop; 1.0 = plain resize.
-    c.crop_pct = 0.875
-    # Synthetic data: classes and the size of an epoch, so epoch-based schedules still work. Its
-    # evaluation split is two batches: it exercises the code, its numbers mean nothing.
-    c.num_classes = 1000
-    c.synthetic_examples = 1_281_167
-    c.lock()  # a misspelt field is an error, not a silently added one
-    return c
 
 
 @dataclasses.dataclass

@@ -11,9 +11,11 @@ import dataclasses
 import math
 import re
 
-import tensorflow as tf
+from swin_jax.data.host import tf
 
-IMAGENET_FILL = (124, 116, 104)  # round(255 * IMAGENET_DEFAULT_MEAN), timm's fill colour for the Swin recipe
+from swin_jax.data.on_device import IMAGENET_MEAN
+
+IMAGENET_FILL = tuple(round(255 * m) for m in IMAGENET_MEAN)  # timm's fill colour for the Swin recipe
 _LEVEL_DENOM = 10.0
 
 

@@ -14,7 +14,8 @@ import math
 import os
 
 import numpy as np
-import tensorflow as tf
+
+from swin_jax.data.host import tf
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,9 @@
 `create_transform`); normalisation and random erasing follow on device (`on_device.py`).
 
 Training: random resized crop (cropped before decoding for JPEGs) -> horizontal flip -> RandAugment.
-Evaluation: resize the shorter side to int(size / crop_pct) and centre crop, or a plain resize to
-size x size when crop_pct is 1. Both return uint8. Every random choice is drawn from a stateless seed
+Evaluation (the one definition, also used by `python -m swin_jax.predict`): resize the shorter side to
+int(size / crop_pct) and centre crop, or a plain resize to size x size when crop_pct is 1; crop_pct 0
+follows the official rule for the size (`official_crop_pct`). Both return uint8. Every random choice is drawn from a stateless seed
 passed in with the example, so the same seed gives the same images on any machine.
 """
 
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
-
 from swin_jax.data import rand_augment as ra
-
-from swin_jax.data.on_device import IMAGENET_MEAN
+from swin_jax.data.host import tf
 
 CROP_ATTEMPTS = 10  # as timm
+
+
+def official_crop_pct(size: int) -> float:
+    """The official evaluation crop for models at `size`: the shorter side to size / 0.875 (256 for 224)
+    and a centre crop (TEST.CROP True); the 384 fine-tuned models resize plainly (TEST.CROP False)."""
+    return 1.0 if size >= 384 else 0.875
 
 
 def _uniform(seed, shape, low, high):
@@ -93,7 +97,7 @@ def resize(image, size, method="bicubic"):
 
 
 def train_transform(image, seed, *, size: int, scale, ratio, hflip: float, rand_augment: str,
-                    interpolation: str = "bicubic", fill=tuple(round(255 * m) for m in IMAGENET_MEAN)):
+                    interpolation: str = "bicubic", fill=ra.IMAGENET_FILL):
     """One training example: encoded bytes or uint8 HxWx3 in, uint8 size x size x 3 out. RandAugment fills
     uncovered pixels with `fill`, the mean colour."""
     seeds = tf.random.experimental.stateless_split(seed, 3)
@@ -106,9 +110,11 @@ def train_transform(image, seed, *, size: int, scale, ratio, hflip: float, rand_
     return tf.ensure_shape(out, [size, size, 3])
 
 
-def eval_transform(image, *, size: int, crop_pct: float, interpolation: str = "bicubic"):
-    """The official evaluation transform: resize the shorter side to int(size / crop_pct) and centre-crop
-    size x size; with crop_pct = 1 a plain resize to size x size (the official 384 models)."""
+def eval_transform(image, *, size: int, crop_pct: float = 0.0, interpolation: str = "bicubic"):
+    """The official evaluation transform of encoded bytes or a uint8 HxWx3 array: resize the shorter side
+    to int(size / crop_pct) and centre-crop size x size; with crop_pct = 1 a plain resize to size x size
+    (the official 384 models); 0 picks `official_crop_pct(size)`."""
+    crop_pct = crop_pct or official_crop_pct(size)
     image = decode(image)
     if crop_pct >= 1.0:
         out = resize(image, size, interpolation)

@@ -1,4 +1,5 @@
-"""Each process feeds its share of the demo data into one global batch; reports what it sees."""
+"""Each process feeds its share of the demo data into global batches (the first STEPS of the stream, across
+an epoch boundary); reports what it sees of each."""
 
 import json
 
@@ -15,10 +16,14 @@ from swin_jax import data  # noqa: E402
 
 config = data.default_config()
 config.update(dict(dataset="demo", image_size=32, batch_size=32, shuffle_buffer=512))  # as test_pipeline._demo
+STEPS = 46  # the demo's epoch is 44 steps of 32
 mesh = jax.make_mesh((jax.device_count(),), ("data",))
-batch = next(data.to_global(iter(data.train_input(config, seed=3)), NamedSharding(mesh, P("data"))))
-label_sum = jax.jit(lambda y: jnp.sum(y), out_shardings=NamedSharding(mesh, P()))(batch["label"])
-local = np.concatenate([np.asarray(s.data) for s in sorted(batch["label"].addressable_shards,
-                                                            key=lambda s: s.index[0].start)])
-print(json.dumps(dict(shape=list(batch["image"].shape), shards=len(batch["image"].addressable_shards),
-                      label_sum=int(label_sum), local_labels=local.tolist())))
+sharding = NamedSharding(mesh, P("data"))
+total = jax.jit(lambda y: jnp.sum(y), out_shardings=NamedSharding(mesh, P()))
+steps = []
+for step, batch in zip(range(STEPS), data.to_global(iter(data.train_input(config, seed=3)), sharding)):
+    local = np.concatenate([np.asarray(s.data) for s in sorted(batch["label"].addressable_shards,
+                                                                key=lambda s: s.index[0].start)])
+    steps.append(dict(shape=list(batch["image"].shape), shards=len(batch["image"].addressable_shards),
+                      label_sum=int(total(batch["label"])), local_labels=local.tolist()))
+print(json.dumps(steps))
