@@ -7,9 +7,13 @@
 
 For each case (model, inference or train step, compute dtype) both sides are built and warmed up, then
 timed in alternating rounds (swin_jax, timm, swin_jax, timm, ...), so drift in the machine's speed
-hits both alike; the table shows the median round. The train step is forward, backward and AdamW
-with drop path on, the same on both sides (timm: eager `model.train()`, `torch.optim.AdamW`; bf16 is
-`torch.autocast`). FLOPs are the official count (the papers' "FLOPs" are multiply-adds: Swin-T is
+hits both alike; the table shows the median round. The train step is the one train.py runs, built from
+the model's config (configs/swin_t.py, swin_b.py) by `build_training`: on-device normalisation, random
+erasing and Mixup/CutMix with label smoothing, forward and backward with the config's drop path,
+global-norm clipping, AdamW with the decay mask and the warm-up/cosine schedule. timm runs the official
+step: timm's Mixup, SoftTargetCrossEntropy, clip_grad_norm_, torch.optim.AdamW with the official
+parameter groups and CosineLRScheduler.step_update (random erasing is host-side in the official
+pipeline, so it is not timed there); eager `model.train()`, bf16 through `torch.autocast`. FLOPs are the official count (the papers' "FLOPs" are multiply-adds: Swin-T is
 4.49 GMAC, 8.98 GFLOP per 224 image); a train step counts three forward passes. The machine's peak is
 measured here, as the best of XLA's, OpenBLAS's (NumPy) and PyTorch's large matrix product (on a GPU:
 XLA's, in the case's dtype), so "of peak" is the fraction of what this machine's matmul actually
@@ -68,35 +72,17 @@ def jax_case(name: str, mode: str, dtype: str, batch: int, remat: bool = False, 
     """(a function that runs one step and waits for it, compile seconds, MACs per image, memory analysis)."""
     import jax
     import jax.numpy as jnp
-    import optax
 
     import swin_jax
 
-    model = swin_jax.create_model(name, dtype=jnp.dtype(dtype), remat=remat, scan_unroll=unroll)
-    images = jax.random.normal(jax.random.key(1), (batch, *model.input_hw, 3), jnp.float32)
-    labels = jax.random.randint(jax.random.key(2), (batch,), 0, model.num_classes)
-    params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
-
     if mode == "infer":
+        model = swin_jax.create_model(name, dtype=jnp.dtype(dtype), remat=remat, scan_unroll=unroll)
+        images = jax.random.normal(jax.random.key(1), (batch, *model.input_hw, 3), jnp.float32)
+        params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
         fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
         args = [params, images]
     else:
-        tx = optax.adamw(1e-4, weight_decay=0.05)
-
-        def train_step(state, x, y):
-            p, opt_state, step = state
-
-            def loss_fn(p):
-                logits = model.apply({"params": p}, x, train=True,
-                                     rngs={"dropout": jax.random.fold_in(jax.random.key(3), step)})
-                return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-            loss, grads = jax.value_and_grad(loss_fn)(p)
-            updates, opt_state = tx.update(grads, opt_state, p)
-            return (optax.apply_updates(p, updates), opt_state, step + 1), loss
-
-        fn = jax.jit(train_step, donate_argnums=0)
-        args = [(params, tx.init(params), jnp.zeros((), jnp.int32)), images, labels]
+        fn, args, model = shipped_train_step(name, dtype, batch, remat, unroll)
 
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()
@@ -107,10 +93,43 @@ def jax_case(name: str, mode: str, dtype: str, batch: int, remat: bool = False, 
         if mode == "infer":
             compiled(*args).block_until_ready()
         else:
-            args[0], loss = compiled(*args)
-            loss.block_until_ready()
+            args[0], metrics = compiled(*args)
+            metrics["train_loss"].block_until_ready()
 
     return run, compile_s, swin_macs(model), memory
+
+
+CONFIGS = {"swin_tiny_patch4_window7_224": "swin_t", "swin_base_patch4_window7_224": "swin_b"}
+
+
+def train_config(name: str, dtype: str, batch: int, remat: bool = False, unroll: bool = False):
+    """The training config of model `name` (configs/swin_t.py, swin_b.py) at this batch size."""
+    import importlib
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    config = importlib.import_module(f"configs.{CONFIGS[name]}").get_config()
+    config.update(dict(dataset="synthetic", batch_size=batch, model_dtype=dtype, remat=remat, scan_unroll=unroll,
+                       total_steps=10_000))
+    return config
+
+
+def shipped_train_step(name: str, dtype: str, batch: int, remat: bool, unroll: bool):
+    """train.py's jitted train step on one device, its state and a batch of uint8 images and labels."""
+    import jax
+
+    from swin_jax.train import optim, sharding
+    from swin_jax.train.loop import build_model, build_training
+
+    config = train_config(name, dtype, batch, remat, unroll)
+    model = build_model(config, 1000)
+    lr = optim.schedule(config, config.total_steps, 1000)
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    rng = np.random.RandomState(0)
+    host = {"image": rng.randint(0, 256, (batch, *model.input_hw, 3)).astype(np.uint8),
+            "label": rng.randint(0, 1000, (batch,)).astype(np.int32)}
+    with jax.set_mesh(mesh):
+        state, _, train_step = build_training(config, model, lr, mesh, 1000)
+    return train_step, [state, jax.device_put(host, sharding.batch_sharding(mesh))], model
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -123,33 +142,66 @@ def torch_case(name: str, mode: str, dtype: str, batch: int, compile_model: bool
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # JAX multiplies float32 matrices on a GPU in TF32 by default; PyTorch must do the same to compare.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model = timm.create_model(name).to(device)
-    images = torch.randn(batch, 3, 224, 224, device=device)
-    labels = torch.randint(0, 1000, (batch,), device=device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    images = torch.randn(batch, 3, 224, 224, device=device)
     if mode == "infer":
-        model.eval()
-    else:
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-    forward = torch.compile(model) if compile_model else model
+        model = timm.create_model(name).to(device).eval()
+        forward = torch.compile(model) if compile_model else model
 
-    def run():
-        if mode == "infer":
+        def run():
             with torch.inference_mode(), autocast:
                 forward(images)
-        else:
-            with autocast:
-                loss = torch.nn.functional.cross_entropy(forward(images), labels)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        sync()
+            sync()
+    else:
+        run = official_torch_step(name, dtype, batch, device, autocast, sync, compile_model)
 
     start = time.perf_counter()
     run()  # torch.compile compiles here; eager allocates its buffers
     return run, time.perf_counter() - start
+
+
+def official_torch_step(name, dtype, batch, device, autocast, sync, compile_model):
+    """The official Swin train step (main.py's train_one_epoch) with the recipe of our config for `name`."""
+    import timm
+    import torch
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+    from timm.scheduler.cosine_lr import CosineLRScheduler
+
+    config = train_config(name, dtype, batch)
+    model = timm.create_model(name, drop_path_rate=config.model_overrides.drop_path_rate).to(device).train()
+    forward = torch.compile(model) if compile_model else model
+    decay, no_decay = [], []
+    for key, p in model.named_parameters():  # the official set_weight_decay
+        exempt = p.ndim == 1 or key.endswith(".bias") or "relative_position_bias_table" in key
+        (no_decay if exempt else decay).append(p)
+    lr = config.base_lr * batch / config.lr_base_batch_size
+    optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr,
+                                  betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay)
+    scheduler = CosineLRScheduler(optimizer, t_initial=config.total_steps, lr_min=lr / 100, warmup_lr_init=lr / 1000,
+                                  warmup_t=config.total_steps // 15, t_in_epochs=False, warmup_prefix=True)
+    c = config.input
+    mixup = Mixup(mixup_alpha=c.mixup_alpha, cutmix_alpha=c.cutmix_alpha, prob=c.mixup_prob,
+                  switch_prob=c.mixup_switch_prob, mode="batch", label_smoothing=c.label_smoothing, num_classes=1000)
+    criterion = SoftTargetCrossEntropy()
+    images = torch.randn(batch, 3, 224, 224, device=device)
+    labels = torch.randint(0, 1000, (batch,), device=device)
+    step = [0]
+
+    def run():
+        x, y = mixup(images, labels)
+        with autocast:
+            loss = criterion(forward(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+        optimizer.step()
+        step[0] += 1
+        scheduler.step_update(step[0])
+        sync()
+
+    return run
 
 
 # ----------------------------------------------------------------------------------------------------
