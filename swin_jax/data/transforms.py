@@ -96,6 +96,7 @@ def resize(image, size, method="bicubic"):
     return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
 
+@tf.autograph.experimental.do_not_convert
 def train_transform(image, seed, *, size: int, scale, ratio, hflip: float, rand_augment: str,
                     interpolation: str = "bicubic", fill=ra.IMAGENET_FILL):
     """One training example: encoded bytes or uint8 HxWx3 in, uint8 size x size x 3 out. RandAugment fills
@@ -110,6 +111,7 @@ def train_transform(image, seed, *, size: int, scale, ratio, hflip: float, rand_
     return tf.ensure_shape(out, [size, size, 3])
 
 
+@tf.autograph.experimental.do_not_convert
 def eval_transform(image, *, size: int, crop_pct: float = 0.0, interpolation: str = "bicubic"):
     """The official evaluation transform of encoded bytes or a uint8 HxWx3 array: resize the shorter side
     to int(size / crop_pct) and centre-crop size x size; with crop_pct = 1 a plain resize to size x size
