@@ -45,6 +45,9 @@ def get_config(model: str = "swin_tiny_patch4_window7_224") -> ml_collections.Co
     config.clip_grad = 5.0  # global norm; 0 = off
     config.grad_accum_steps = 1
     config.layer_decay = 1.0  # < 1: layer-wise lr decay (fine-tuning)
+    # mmdet/mmseg's frozen_stages: >= 0 freezes the patch embedding, >= 1 also the absolute position
+    # embedding, k >= 2 also the first k - 1 stages (each with the patch merging after it); -1: none.
+    config.frozen_stages = -1
     config.ema_decay = 0.0  # > 0: keep and evaluate an EMA of the weights
 
     config.fsdp = False  # shard parameters and optimiser state over the data axis

@@ -19,7 +19,8 @@ PARAMS_DIR = "params"
 
 
 def save_pretrained(directory: str | os.PathLike, variables: dict, model_name: str, model_overrides: dict) -> None:
-    """Write `directory/params` (orbax) and `directory/config.json` (how to build the model).
+    """Write `directory/params` (orbax), `directory/batch_stats` for a segmenter, and
+    `directory/config.json` (how to build the model).
 
     The directory appears whole or not at all: everything is written beside it first and renamed
     into place, so a failure leaves no half-written output.
@@ -34,7 +35,8 @@ def save_pretrained(directory: str | os.PathLike, variables: dict, model_name: s
         with open(os.path.join(staging, CONFIG_FILE), "w") as f:
             json.dump({"model": model_name, "overrides": model_overrides}, f, indent=2, sort_keys=True)
         with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(os.path.join(staging, PARAMS_DIR), variables["params"])
+            for collection, tree in variables.items():  # params, and a segmenter's batch_stats
+                checkpointer.save(os.path.join(staging, _collection_dir(collection)), tree)
         os.rename(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -58,8 +60,13 @@ def load_pretrained(directory: str | os.PathLike, **overrides) -> tuple[Swin, di
     model = create_model(config["model"], **{**config["overrides"], **overrides})
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, *model.input_hw, model.in_chans))))
     with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(os.path.join(directory, PARAMS_DIR), target["params"])
-    return model, {"params": params}, config
+        variables = {c: checkpointer.restore(os.path.join(directory, _collection_dir(c)), tree)
+                     for c, tree in target.items()}
+    return model, variables, config
+
+
+def _collection_dir(collection: str) -> str:
+    return PARAMS_DIR if collection == "params" else collection
 
 
 def _path_name(path) -> str:

@@ -135,3 +135,39 @@ def test_v2_layer_ids_follow_simmim_fine_tuning():
     assert scales[("layers_2", "blocks", "block1", "attn", "cpb_mlp", "0", "kernel")].shape == (3, 1, 1)
     assert scales[("layers_2", "blocks", "block1", "attn", "logit_scale")].shape == (3, 1, 1, 1)
     np.testing.assert_allclose(scales[("layers_1", "blocks", "block0", "attn", "q_bias")][0], 0.9 ** (13 - 3))
+
+
+
+
+def test_frozen_stages_as_mmseg_defines_them():
+    """The frozen set, in the official names (the official backbone's `_freeze_stages`: patch_embed, then
+    absolute_pos_embed, then layers[0 .. k - 2], each holding the patch merging after it), and an update
+    that leaves it bit for bit as it was: no gradient step, no weight decay, no share of the clipping norm."""
+    import re
+
+    import jax.numpy as jnp
+
+    model = create_model("upernet_swin_tiny_patch4_window7_224", img_size=64, window_size=4, ape=True, channels=16,
+                         auxiliary_channels=8, num_classes=3)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    params = jax.tree.map(lambda s: jnp.full(s.shape, 0.5, s.dtype), shapes)
+    flat = traverse_util.flatten_dict(params)
+    official = {re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) - 1}.downsample",
+                       layouts.timm_key(path[1:])): path for path in flat if path[0] == "backbone"}
+    for frozen_stages in (-1, 0, 1, 2, 4):
+        want = {path for key, path in official.items()
+                if (frozen_stages >= 0 and key.startswith("patch_embed."))
+                or (frozen_stages >= 1 and key == "absolute_pos_embed")
+                or any(key.startswith(f"layers.{i}.") for i in range(frozen_stages - 1))}
+        assert {path for path in flat if optim.frozen(path, frozen_stages)} == want, frozen_stages
+    assert optim.frozen(("backbone", "layers_1", "downsample", "reduction", "kernel"), 2)  # merging after stage 0
+    assert not optim.frozen(("backbone", "layers_2", "downsample", "reduction", "kernel"), 2)
+
+    config = swin_b.get_config()
+    config.frozen_stages, config.weight_decay, config.clip_grad = 2, 0.5, 1.0
+    tx = optim.optimizer(config, params, optim.schedule(config, 10, 5), model.backbone.depths)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    moved = {path for path, u in traverse_util.flatten_dict(updates).items() if float(jnp.abs(u).max()) > 0}
+    assert moved == {path for path in flat if not optim.frozen(path, 2)}
+    assert len(moved) < len(flat)

@@ -1,8 +1,10 @@
-"""Convert PyTorch Swin checkpoints to swin_jax, and swin_jax models back to timm.
+"""Convert PyTorch Swin checkpoints to swin_jax, and swin_jax models back to timm (classifiers) or
+Hugging Face's UperNetForSemanticSegmentation (segmenters, "upernet_" names).
 
   python -m swin_jax.convert --model swin_tiny_patch4_window7_224 --checkpoint swin_tiny.pth --output DIR
   python -m swin_jax.convert --model swin_base_patch4_window12_384 --checkpoint swin_base_22k.pth \
       --output DIR --map-22k-to-1k map22kto1k.txt
+  python -m swin_jax.convert --model upernet_swin_tiny --checkpoint upernet_swin_tiny_ade20k.pth --output DIR
   python -m swin_jax.convert --to-pytorch --checkpoint DIR --output model.safetensors
 """
 
@@ -17,7 +19,9 @@ import tempfile
 from swin_jax import checkpoint
 from swin_jax.convert.loader import export_timm_state_dict, load_pytorch_checkpoint, read_class_map
 from swin_jax.convert.reader import ConversionError
+from swin_jax.convert.segmentation import export_huggingface_upernet, load_segmenter_checkpoint
 from swin_jax.models import create_model
+from swin_jax.models.upernet import UPerNet
 
 
 def parse_args(argv):
@@ -32,7 +36,10 @@ def parse_args(argv):
     parser.add_argument("--window-size", type=int, help="attention window (bias tables are resampled to it)")
     parser.add_argument("--map-22k-to-1k", metavar="FILE",
                         help="official map22kto1k.txt: narrow an ImageNet-22K head to the 1000 ImageNet-1K classes")
-    parser.add_argument("--to-pytorch", action="store_true", help="export a converted directory to timm's layout")
+    parser.add_argument("--backbone-only", action="store_true",
+                        help="for a segmenter: take only the backbone of a file with other parts (e.g. mmdet's)")
+    parser.add_argument("--to-pytorch", action="store_true",
+                        help="export a converted directory to timm's layout (segmenters: Hugging Face's UperNet)")
     return parser.parse_args(argv)
 
 
@@ -46,7 +53,11 @@ def to_jax(args) -> None:
         class_map = read_class_map(args.map_22k_to_1k)
         overrides.setdefault("num_classes", len(class_map))
     model = create_model(args.model, **overrides)
-    variables = load_pytorch_checkpoint(args.checkpoint, model, class_map=class_map)
+    if isinstance(model, UPerNet):
+        variables = load_segmenter_checkpoint(args.checkpoint, model, backbone_only=args.backbone_only,
+                                              require_heads=not args.backbone_only)
+    else:
+        variables = load_pytorch_checkpoint(args.checkpoint, model, class_map=class_map)
     checkpoint.save_pretrained(args.output, variables, args.model, overrides)
     print(f"wrote {args.output} ({args.model}, {overrides or 'default config'})")
 
@@ -59,7 +70,8 @@ def to_pytorch(args) -> None:
     if os.path.exists(args.output):
         raise FileExistsError(f"output file already exists: {args.output}")
     model, variables, config = checkpoint.load_pretrained(args.checkpoint)
-    state = export_timm_state_dict(variables, model)
+    segmenter = isinstance(model, UPerNet)
+    state = export_huggingface_upernet(variables, model) if segmenter else export_timm_state_dict(variables, model)
     directory = os.path.dirname(os.path.abspath(args.output))
     fd, staging = tempfile.mkstemp(suffix=".safetensors", dir=directory)
     os.close(fd)
@@ -69,7 +81,8 @@ def to_pytorch(args) -> None:
     except BaseException:
         os.unlink(staging)
         raise
-    print(f"wrote {args.output} (timm layout, {config['model']}, {len(state)} tensors)")
+    layout = "Hugging Face UperNetForSemanticSegmentation" if segmenter else "timm"
+    print(f"wrote {args.output} ({layout} layout, {config['model']}, {len(state)} tensors)")
 
 
 def main(argv=None) -> int:

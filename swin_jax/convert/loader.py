@@ -42,6 +42,17 @@ def _listing(title: str, rows: list[str], limit: int = 25) -> str:
     return f"{title} ({len(rows)}):\n    " + "\n    ".join(shown)
 
 
+def accounting_error(parts: list[str], missing: list[str], unexpected: list[str],
+                     mismatched: list[str]) -> ConversionError:
+    """The error of a checkpoint that does not fit: `parts` (what and why), then every missing,
+    unexpected and mis-shaped tensor."""
+    for title, rows in (("missing in the checkpoint", missing), ("unexpected in the checkpoint", unexpected),
+                        ("shape mismatch", mismatched)):
+        if rows:
+            parts = [*parts, _listing(title, rows)]
+    return ConversionError("\n".join(parts))
+
+
 @dataclasses.dataclass(frozen=True)
 class Naming:
     """How error messages name a parameter: by PyTorch key and shape, or by our tree path and shape."""
@@ -57,6 +68,9 @@ def convert_state_dict(state: dict, model: Swin, *, class_map: np.ndarray | None
                        source: str = "checkpoint") -> dict:
     """A PyTorch Swin state dict (any of the three layouts) -> Flax variables for `model`: renamed to our
     parameter paths, then fitted to the model by `fit_params`."""
+    if any(k.startswith(("decode_head.", "auxiliary_head.")) for k in state):
+        raise ConversionError(f"{source} holds a UPerNet segmenter (decode_head.*), and {registry.describe(model)} is "
+                              f"a classifier: create the model as 'upernet_' + its name")
     layout, state, buffers = layouts.to_timm_layout(state)
     _check_relative_index(buffers, source)
     tensors = {}
@@ -97,7 +111,7 @@ def fit_params(tensors: dict, model: Swin, *, class_map: np.ndarray | None = Non
             mismatched.append(f"{naming.key(path)}: expected {naming.shape(path, shape)}, "
                               f"found {naming.shape(path, tensors[path].shape)}")
             continue
-        params[path] = jnp.asarray(value, spec.dtype)
+        params[path] = jnp.array(value, spec.dtype)  # a copy: never a view of the caller's arrays
     unexpected = [f"{naming.key(p)} {naming.shape(p, tensors[p].shape)}" for p in set(tensors) - set(expected)]
     if missing or unexpected or mismatched:
         parts = [f"{source} does not fit {registry.describe(model)}:"]
@@ -105,13 +119,7 @@ def fit_params(tensors: dict, model: Swin, *, class_map: np.ndarray | None = Non
             matches = registry.matching_models(found)
             parts.append("the checkpoint looks like: " + ", ".join(f"{k}={v}" for k, v in found.items()) + "; " +
                          (f"it matches {', '.join(matches[:3])}" if matches else "no registered model matches it"))
-        if missing:
-            parts.append(_listing("missing in the checkpoint", missing))
-        if unexpected:
-            parts.append(_listing("unexpected in the checkpoint", unexpected))
-        if mismatched:
-            parts.append(_listing("shape mismatch", mismatched))
-        raise ConversionError("\n".join(parts))
+        raise accounting_error(parts, missing, unexpected, mismatched)
     tree = unflatten_dict(params)
     return {"params": stack_blocks(tree) if model.scan_blocks else tree}
 
@@ -184,8 +192,15 @@ def _check_relative_index(buffers: dict, source: str):
                                   f"{window}x{window} window; this checkpoint indexes its bias table differently")
 
 
-def load_pytorch_checkpoint(path, model: Swin, *, class_map=None) -> dict:
-    """Flax variables for `model` from a PyTorch Swin checkpoint file (.pth/.pt/.bin/.safetensors)."""
+def load_pytorch_checkpoint(path, model, *, class_map=None) -> dict:
+    """Flax variables for `model` from a PyTorch Swin checkpoint file (.pth/.pt/.bin/.safetensors); for a
+    UPerNet segmenter, `segmentation.load_segmenter_checkpoint`'s."""
+    from swin_jax.models.upernet import UPerNet
+
+    if isinstance(model, UPerNet):
+        from swin_jax.convert.segmentation import load_segmenter_checkpoint
+
+        return load_segmenter_checkpoint(path, model)
     return convert_state_dict(read_state_dict(path), model, class_map=class_map, source=str(path))
 
 

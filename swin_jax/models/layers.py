@@ -49,6 +49,9 @@ def torch_default_bias(fan_in: int):
 # patch-embedding convolution at this default.
 torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
+# mmcv's ConvModule initialises its convolution with kaiming_normal_(mode="fan_out", nonlinearity="relu").
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
 
 # ---- LayerNorm ----------------------------------------------------------------------------------
 
@@ -227,3 +230,118 @@ def window_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, bias: jnp.n
         probs = dropout(probs)
     out = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3)
     return out.reshape(*out.shape[:2], -1)
+
+
+# ---- dense-prediction heads: resampling and conv-norm-act as PyTorch computes them ----------------
+
+def _bilinear_taps(size_in: int, size_out: int):
+    """PyTorch's bilinear taps for align_corners=False, rounded as its kernels round them: the scale
+    in / out in float32, the source index (i + 0.5) * scale - 0.5 rounded once to float32 (a fused
+    multiply-add), clamped at 0. Returns the two input indices and their weights per output index."""
+    f32 = np.float32
+    scale = f32(f32(size_in) / f32(size_out))
+    source = np.maximum((np.float64(scale) * (np.arange(size_out) + 0.5) - 0.5).astype(f32), f32(0))
+    low = np.minimum(np.floor(source).astype(np.int32), size_in - 1)
+    high = np.where(low < size_in - 1, low + 1, low)
+    weight_high = np.clip(source - low.astype(f32), f32(0), f32(1))
+    return low, high, f32(1) - weight_high, weight_high
+
+
+def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) weights of PyTorch's bilinear resizing along one axis (two taps per row)."""
+    low, high, weight_low, weight_high = _bilinear_taps(size_in, size_out)
+    weights = np.zeros((size_out, size_in), np.float32)
+    rows = np.arange(size_out)
+    np.add.at(weights, (rows, low), weight_low)
+    np.add.at(weights, (rows, high), weight_high)
+    return weights
+
+
+def resize_bilinear(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
+    """F.interpolate(mode="bilinear", align_corners=False) of NHWC maps to `size` = (height, width).
+
+    A product with a constant two-tap matrix per axis, so that the gradient is another product rather
+    than the scatter-add that gathering the taps gives. (jax.image.resize antialiases when shrinking,
+    which PyTorch does not.)
+    """
+    if x.shape[1] != size[0]:
+        x = jnp.einsum("oh,bhwc->bowc", bilinear_matrix(x.shape[1], size[0]).astype(x.dtype), x,
+                       precision=jax.lax.Precision.HIGHEST)
+    if x.shape[2] != size[1]:
+        x = jnp.einsum("pw,bhwc->bhpc", bilinear_matrix(x.shape[2], size[1]).astype(x.dtype), x,
+                       precision=jax.lax.Precision.HIGHEST)
+    return x
+
+
+def adaptive_pool_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) averaging weights of PyTorch's adaptive average pooling: bin i covers
+    [floor(i * in / out), ceil((i + 1) * in / out))."""
+    weights = np.zeros((size_out, size_in), np.float32)
+    for i in range(size_out):
+        start, end = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
+def adaptive_avg_pool(x: jnp.ndarray, size: int) -> jnp.ndarray:
+    """F.adaptive_avg_pool2d(x, size) of NHWC maps: PyTorch's bins, which overlap when size does not
+    divide the map (flax's avg_pool has no such bins)."""
+    rows = adaptive_pool_matrix(x.shape[1], size)
+    cols = adaptive_pool_matrix(x.shape[2], size)
+    return jnp.einsum("ih,bhwc,jw->bijc", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
+
+
+class BatchNorm(nn.Module):
+    """PyTorch's BatchNorm2d over NHWC maps (eps 1e-5, momentum 0.1), statistics in float32.
+
+    In training the mean and variance are over every row of the global batch (under jit with a sharded
+    batch, XLA reduces across devices and processes: what SyncBN gives PyTorch), and the running
+    variance is updated with the unbiased variance, as PyTorch does; flax's BatchNorm keeps the biased
+    one. Parameters `scale`, `bias`; running statistics `mean`, `var` in the `batch_stats` collection.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        x32 = x.astype(jnp.float32)
+        if train:
+            rows = tuple(range(x.ndim - 1))
+            mean = jnp.mean(x32, axis=rows)
+            var = jnp.mean(jnp.square(x32 - mean), axis=rows)
+            if not self.is_initializing():
+                count = np.prod([x.shape[i] for i in rows])
+                running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
+                running_var.value = ((1 - self.momentum) * running_var.value
+                                     + self.momentum * var * (count / max(count - 1, 1)))
+        else:
+            mean, var = running_mean.value, running_var.value
+        y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class ConvNormAct(nn.Module):
+    """mmcv's ConvModule as the Swin segmentation heads use it: a bias-free convolution ('same' padding),
+    BatchNorm and ReLU."""
+
+    features: int
+    kernel_size: int = 1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        k = self.kernel_size
+        x = nn.Conv(self.features, (k, k), padding=k // 2, use_bias=False, kernel_init=kaiming_normal_fan_out,
+                    dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+        x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x, train)
+        return nn.relu(x)
+

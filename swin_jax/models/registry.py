@@ -6,6 +6,7 @@ import difflib
 
 from swin_jax.models.swin import Swin, SwinTransformer, config_fields
 from swin_jax.models.swin_v2 import SwinTransformerV2
+from swin_jax.models.upernet import UPerNet
 
 _T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
 _S = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
@@ -69,9 +70,55 @@ def model_config(name: str, **overrides) -> dict:
     return {**MODELS[name], **overrides}
 
 
-def create_model(name: str, **overrides) -> Swin:
+# UPerNet segmenters: "upernet_" + any backbone name, and the official ADE20K configs of the Swin
+# semantic-segmentation code (configs/swin/upernet_swin_*_512x512_160k_ade20k.py: window 7, drop path
+# 0.3; Swin-L, which has no config there, as Hugging Face's openmmlab/upernet-swin-large: the 22K window-12
+# backbone, drop path 0.3).
+SEGMENTER_PREFIX = "upernet_"
+SEGMENTERS: dict[str, tuple[str, dict]] = {
+    "upernet_swin_tiny": ("swin_tiny_patch4_window7_224", dict(drop_path_rate=0.3)),
+    "upernet_swin_small": ("swin_small_patch4_window7_224", dict(drop_path_rate=0.3)),
+    "upernet_swin_base": ("swin_base_patch4_window7_224", dict(drop_path_rate=0.3)),
+    "upernet_swin_large": ("swin_large_patch4_window12_384", dict(drop_path_rate=0.3)),
+}
+SEGMENTER_FIELDS = ("num_classes", "channels", "pool_scales", "auxiliary_channels", "auxiliary_in_index",
+                    "dropout_rate")
+
+
+def segmenter_backbone(name: str) -> tuple[str, dict]:
+    """The backbone name and its hyper-parameter overrides of a segmenter name."""
+    if name in SEGMENTERS:
+        return SEGMENTERS[name]
+    backbone = name[len(SEGMENTER_PREFIX):]
+    if backbone not in MODELS:
+        close = [SEGMENTER_PREFIX + m for m in close_names(backbone)] + [m for m in SEGMENTERS if m.startswith(name)]
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown segmenter {name!r}: 'upernet_' + a backbone name ({', '.join(sorted(MODELS))}) or "
+                         f"one of {', '.join(SEGMENTERS)}.{hint}")
+    return backbone, {}
+
+
+def create_segmenter(name: str, num_classes: int = 150, **overrides) -> UPerNet:
+    """UPerNet on a Swin backbone: "upernet_" + a backbone name, or an official config's short name.
+    Overrides of UPerNet's fields (SEGMENTER_FIELDS) go to the heads, dtype / param_dtype to both, the rest
+    to the backbone (e.g. drop_path_rate, remat, img_size)."""
+    backbone_name, backbone_overrides = segmenter_backbone(name)
+    heads = {k: overrides.pop(k) for k in SEGMENTER_FIELDS[1:] if k in overrides}
+    for k in ("dtype", "param_dtype"):
+        if k in overrides:
+            heads[k] = overrides[k]
+    config = model_config(backbone_name, **{**backbone_overrides, **overrides})
+    v1 = model_class(backbone_name) is SwinTransformer  # V1 as the official backbone and HF's SwinBackbone,
+    config.update(num_classes=0, out_indices=tuple(range(len(config["depths"]))),  # V2 as HF's Swinv2Backbone
+                  out_norm=v1, partition="always" if v1 else "per_img_size")
+    return UPerNet(model_class(backbone_name)(**config), num_classes=num_classes, **heads)
+
+
+def create_model(name: str, **overrides) -> Swin | UPerNet:
     """A Swin model by timm name, e.g. create_model("swin_tiny_patch4_window7_224", num_classes=10);
-    the V2 names (swinv2_*) give a SwinTransformerV2."""
+    the V2 names (swinv2_*) give a SwinTransformerV2, "upernet_" + a name a segmenter (`create_segmenter`)."""
+    if name.startswith(SEGMENTER_PREFIX):
+        return create_segmenter(name, **overrides)
     return model_class(name)(**model_config(name, **overrides))
 
 

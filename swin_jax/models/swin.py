@@ -101,16 +101,20 @@ class Mlp(nn.Module):
         return nn.Dropout(self.drop_rate)(x, deterministic=deterministic)
 
 
-def shifted_window_attention(x: jnp.ndarray, window_size: int, shift_size: int, attend) -> jnp.ndarray:
+def shifted_window_attention(x: jnp.ndarray, window_size: int, shift_size: int, attend,
+                             always_partition: bool = False) -> jnp.ndarray:
     """(Shifted) window attention over a (B, H, W, C) map: `attend(windows, window, mask)` is called on
     (B * num_windows, window * window, C) windows and returns the same shape.
 
-    On a map no larger than the window the whole map is one unshifted window. Maps that are not a
-    multiple of the window are padded with zeros before the cyclic shift, as the official detection
-    backbone and Hugging Face do, and cropped back afterwards.
+    On a map no larger than the window the whole map is one unshifted window, unless `always_partition`
+    (the official detection and segmentation backbone, Hugging Face's SwinBackbone): then the window and
+    shift stay as they are, however small the map. Maps that are not a multiple of the window are padded
+    with zeros before the cyclic shift, as the official detection backbone and Hugging Face do, and
+    cropped back afterwards.
     """
     _, h, w, _ = x.shape
-    window, shift = windows.effective_window(h, w, window_size, shift_size)
+    window, shift = (window_size, shift_size) if always_partition else windows.effective_window(
+        h, w, window_size, shift_size)
     x = jnp.pad(x, ((0, 0), (0, -h % window), (0, -w % window), (0, 0)))
     hp, wp = x.shape[1:3]
     mask = None
@@ -139,6 +143,7 @@ class SwinBlock(nn.Module):
     attention: Callable[..., nn.Module]
     shift_size: int = 0
     post_norm: bool = False
+    always_partition: bool = False
     mlp_ratio: float = 4.0
     drop_rate: float = 0.0
     deterministic: bool = True
@@ -155,7 +160,8 @@ class SwinBlock(nn.Module):
 
         def attend(t):
             return shifted_window_attention(t, self.window_size, self.shift_size,
-                                            lambda w, window, mask: attn(w, window, mask, self.deterministic))
+                                            lambda w, window, mask: attn(w, window, mask, self.deterministic),
+                                            self.always_partition)
 
         def residual(x, branch, norm):
             y = norm(branch(x)) if self.post_norm else branch(norm(x))
@@ -204,7 +210,7 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
-    """Optional patch merging, then `depth` blocks alternating no shift / shift by window // 2."""
+    """Optional patch merging, then `depth` blocks alternating no shift / shift (window // 2 by default)."""
 
     depth: int
     num_heads: int
@@ -212,7 +218,9 @@ class SwinStage(nn.Module):
     drop_path_rates: tuple[float, ...]
     downsample: bool
     attention: Callable[..., nn.Module]
+    shift_size: int | None = None  # of the odd blocks; None: window_size // 2
     post_norm: bool = False
+    always_partition: bool = False
     mlp_ratio: float = 4.0
     drop_rate: float = 0.0
     scan_blocks: bool = True
@@ -226,9 +234,10 @@ class SwinStage(nn.Module):
         if self.downsample:
             x = PatchMerging(self.post_norm, self.dtype, self.param_dtype, name="downsample")(x)
         block = dict(dim=x.shape[-1], num_heads=self.num_heads, window_size=self.window_size, attention=self.attention,
-                     post_norm=self.post_norm, mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate,
+                     post_norm=self.post_norm, always_partition=self.always_partition, mlp_ratio=self.mlp_ratio,
+                     drop_rate=self.drop_rate,
                      deterministic=not train, dtype=self.dtype, param_dtype=self.param_dtype)
-        shift = self.window_size // 2
+        shift = self.window_size // 2 if self.shift_size is None else self.shift_size
         if self.scan_blocks:
             pair = nn.remat(SwinBlockPair, prevent_cse=False) if self.remat else SwinBlockPair
             blocks = nn.scan(pair, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
@@ -250,6 +259,12 @@ class Swin(nn.Module):
     - num_classes > 0: logits (float32); num_classes == 0: the pooled, normalised features.
     - out_indices set: the dense backbone; returns the listed stage maps (NHWC), each through its
       own LayerNorm when `out_norm` is true, as the official detection/segmentation backbones.
+    `partition` says how a stage's window and shift follow its map: "per_map" (Hugging Face's SwinModel)
+    decides from the map each block is called on; "per_img_size" (the official classifiers, timm's V2,
+    Hugging Face's Swinv2) decides once, from the map at img_size, and keeps that at every input size;
+    "always" (the official detection and segmentation backbone, Hugging Face's SwinBackbone) keeps
+    window_size and its shift in every stage, however small the map. At img_size all three agree unless
+    a stage's map is no larger than the window.
     The four stage maps are also sown into the "intermediates" collection as `stage{i}`.
 
     `img_size` fixes the parameter shapes as in the official code (a stage no larger than the window
@@ -274,6 +289,7 @@ class Swin(nn.Module):
     patch_norm: bool = True
     out_indices: Sequence[int] | None = None
     out_norm: bool = True
+    partition: str = "per_map"
     scan_blocks: bool = True
     scan_unroll: int | bool = 1  # lax.scan's `unroll` for the block pairs (the parameters stay stacked)
     remat: bool = False
@@ -312,6 +328,8 @@ class Swin(nn.Module):
         grid = self.patch_grid
         if min(grid) < 2 ** (len(self.depths) - 1):
             self._fail("img_size", f"a {grid[0]}x{grid[1]} patch grid is too small for {len(self.depths)} stages")
+        if self.partition not in ("per_map", "per_img_size", "always"):
+            self._fail("partition", "must be 'per_map', 'per_img_size' or 'always'")
         if self.out_indices is not None:
             bad = [i for i in self.out_indices if not 0 <= i < len(self.depths)]
             if bad or not self.out_indices:
@@ -334,11 +352,20 @@ class Swin(nn.Module):
         map it is called on (as Hugging Face and the detection backbone do), so a model built for 224
         and run at a larger size shifts its last stage where the map has become larger than the window.
         """
+        if self.partition == "always":
+            return [self.window_size] * len(self.depths)
         out = []
         for i in range(len(self.depths)):
             res = [g // 2 ** i for g in self.patch_grid]
             out.append(windows.effective_window(res[0], res[1], self.window_size, 0)[0])
         return out
+
+    def stage_shifts(self) -> list[int]:
+        """Each stage's shift of its odd blocks (where `partition` fixes it; per_map decides per call)."""
+        if self.partition != "per_img_size":
+            return [w // 2 for w in self.stage_windows()]
+        return [0 if min(g // 2 ** i for g in self.patch_grid) <= self.window_size else w // 2
+                for i, w in enumerate(self.stage_windows())]
 
     @property
     def num_features(self) -> int:
@@ -370,7 +397,9 @@ class Swin(nn.Module):
         for i, (depth, heads) in enumerate(zip(self.depths, self.num_heads)):
             start = sum(self.depths[:i])
             x = SwinStage(depth, heads, self.stage_windows()[i], tuple(rates[start:start + depth]), downsample=i > 0,
-                          attention=self.window_attention(i), post_norm=self.post_norm, mlp_ratio=self.mlp_ratio,
+                          attention=self.window_attention(i), shift_size=self.stage_shifts()[i],
+                          post_norm=self.post_norm, always_partition=self.partition != "per_map",
+                          mlp_ratio=self.mlp_ratio,
                           drop_rate=self.drop_rate, scan_blocks=self.scan_blocks, scan_unroll=self.scan_unroll,
                           remat=self.remat, dtype=self.dtype, param_dtype=self.param_dtype, name=f"layers_{i}")(x, train)
             self.sow("intermediates", f"stage{i}", x)

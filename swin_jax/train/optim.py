@@ -76,6 +76,31 @@ def decay_mask(params):
     return traverse_util.unflatten_dict({path: decays(path) for path in flat})
 
 
+def frozen(path: tuple[str, ...], frozen_stages: int) -> bool:
+    """Whether `frozen_stages` (mmdet/mmseg's definition, in the official layout where stage i holds
+    the patch merging after it) freezes a parameter: >= 0 the patch embedding, >= 1 the absolute position
+    embedding, k >= 2 the blocks of stages 0..k-2 and the merging after each. A segmenter's backbone
+    parameters sit under `backbone`."""
+    if path[0] == "backbone":
+        path = path[1:]
+    top = path[0]
+    if top == "patch_embed":
+        return frozen_stages >= 0
+    if top == "absolute_pos_embed":
+        return frozen_stages >= 1
+    if top.startswith("layers_"):
+        stage = int(top.split("_")[1]) - (path[1] == "downsample")  # timm's merging starts the next stage
+        return stage <= frozen_stages - 2
+    return False
+
+
+def zero_frozen(frozen_stages: int) -> optax.GradientTransformation:
+    """Zero the updates of frozen parameters: before clipping (they have no gradient) and after AdamW
+    (no weight decay either), as requires_grad=False does in PyTorch."""
+    return optax.masked(optax.set_to_zero(), lambda params: traverse_util.unflatten_dict(
+        {p: frozen(p, frozen_stages) for p in traverse_util.flatten_dict(params)}))
+
+
 def layer_ids(params, depths) -> dict:
     """Each parameter's depth for layer-wise lr decay, as SimMIM's Swin fine-tuning counts it: the patch
     embedding is 0, block j of the whole network is j + 1, a patch merging sits with the last block
@@ -125,15 +150,17 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
 
 def optimizer(config, params, lr: Schedule, depths) -> optax.GradientTransformation:
     """clip(global norm) -> AdamW with the decay mask -> optional layer-wise lr decay, optionally
-    accumulating `grad_accum_steps` micro-batches per update."""
-    chain = []
+    accumulating `grad_accum_steps` micro-batches per update; frozen stages (`frozen_stages`) get no
+    update at all."""
+    freeze = [zero_frozen(config.frozen_stages)] if config.get("frozen_stages", -1) >= 0 else []
+    chain = list(freeze)
     if config.clip_grad:
         chain.append(optax.clip_by_global_norm(config.clip_grad))
     chain.append(optax.adamw(lr, b1=config.betas[0], b2=config.betas[1], eps=config.eps,
                              weight_decay=config.weight_decay, mask=decay_mask))
     if config.layer_decay < 1.0:
         chain.append(scale_by_tree(layer_scales(params, depths, config.layer_decay)))
-    tx = optax.chain(*chain)
+    tx = optax.chain(*chain, *freeze)
     if config.grad_accum_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
     return tx

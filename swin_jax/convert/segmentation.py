@@ -1,0 +1,229 @@
+"""PyTorch UPerNet checkpoints -> swin_jax segmenters: Hugging Face's UperNetForSemanticSegmentation
+(`backbone.*`, `decode_head.*`, `auxiliary_head.*`) and the official mmsegmentation checkpoints of the
+Swin semantic-segmentation code (`backbone.*` in the official Swin layout, `decode_head.conv_seg`, BN
+layers named `bn`). The backbone goes through the classifier's converter; the heads are matched here
+with the same strict accounting, BatchNorm running statistics into `batch_stats`.
+
+A classification checkpoint initialises the backbone of a segmenter (its heads stay freshly
+initialised); a detection checkpoint (mmdet: `backbone.` + `neck.` + ...) only when asked for its
+backbone (`backbone_only`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from swin_jax.convert import layouts
+from swin_jax.convert.loader import accounting_error, convert_state_dict
+from swin_jax.convert.reader import ConversionError, read_state_dict
+from swin_jax.models import registry
+from swin_jax.models.upernet import UPerNet
+
+log = logging.getLogger(__name__)
+
+HEADS = ("decode_head", "auxiliary_head")
+# The final LayerNorm of HF's SwinModel inside its SwinBackbone: built, never applied to a stage map.
+UNUSED_BACKBONE_KEYS = re.compile(r"^(swin|swinv2)\.layernorm\.(weight|bias)$")
+# Classifier tensors a classification checkpoint brings that a backbone has no place for.
+CLASSIFIER_ONLY = ("head.fc.weight", "head.fc.bias", "norm.weight", "norm.bias")
+
+
+def is_segmenter_state(state: dict) -> bool:
+    return any(k.startswith(tuple(f"{h}." for h in HEADS)) for k in state)
+
+
+def _head_name(key: str) -> tuple[str, tuple[str, ...]] | None:
+    """A head key of either layout -> (collection, our path), or None for num_batches_tracked."""
+    parts = re.sub(r"\.(psp_modules)\.(\d+)\.1\.", r".\1_\2.", key)
+    parts = re.sub(r"\.(lateral_convs|fpn_convs|convs)\.(\d+)\.", r".\1_\2.", parts)
+    parts = parts.replace(".batch_norm.", ".bn.").replace(".classifier.", ".conv_seg.").split(".")
+    leaf = parts.pop()
+    if leaf == "num_batches_tracked":
+        return None
+    if parts[-1] == "bn":
+        collection = "batch_stats" if leaf.startswith("running_") else "params"
+        leaf = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}[leaf]
+        return collection, (*parts, leaf)
+    return "params", (*parts, "kernel" if leaf == "weight" else leaf)
+
+
+def _head_value(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
+    return value.transpose(2, 3, 1, 0) if path[-1] == "kernel" else value
+
+
+def _torch_key(collection: str, path: tuple[str, ...]) -> str:
+    """Our head path -> Hugging Face's key (for messages and the export)."""
+    parts = list(path[:-1])
+    parts = [re.sub(r"^psp_modules_(\d+)$", r"psp_modules.\1.1", p) for p in parts]
+    parts = [re.sub(r"^(lateral_convs|fpn_convs|convs)_(\d+)$", r"\1.\2", p) for p in parts]
+    parts = ["batch_norm" if p == "bn" else "classifier" if p == "conv_seg" else p for p in parts]
+    leaf = {"kernel": "weight", "scale": "weight", "mean": "running_mean", "var": "running_var"}.get(path[-1], path[-1])
+    return ".".join(parts + [leaf])
+
+
+def split_segmenter_state(state: dict, source: str, backbone_only: bool = False) -> tuple[dict, dict, str]:
+    """(backbone tensors without their prefix, head tensors, what the file holds) of a state dict."""
+    prefixes = sorted({k.split(".", 1)[0] for k in state})
+    if "backbone" in prefixes and not is_segmenter_state(state):
+        if not backbone_only:
+            raise ConversionError(f"{source} holds a backbone with other parts ({', '.join(prefixes)}), not a "
+                                  f"UPerNet segmenter (no decode_head.*): to take its backbone only, ask for it "
+                                  f"(--backbone-only / backbone_only=True)")
+        return {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, {}, "backbone"
+    if "backbone" not in prefixes:  # a classifier (official, timm or Hugging Face): the backbone only
+        return dict(state), {}, "classifier"
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    heads = {k: v for k, v in state.items() if k.startswith(tuple(f"{h}." for h in HEADS))}
+    other = sorted(set(state) - set(heads) - {f"backbone.{k}" for k in backbone})
+    if other:
+        raise ConversionError(f"{source}: unexpected tensors beside backbone, decode_head and auxiliary_head:\n    "
+                              + "\n    ".join(other[:25]))
+    return backbone, heads, "segmenter"
+
+
+def convert_segmenter_state_dict(state: dict, model: UPerNet, *, source: str = "checkpoint",
+                                 backbone_only: bool = False, require_heads: bool = False) -> dict:
+    """A PyTorch UPerNet, classification or (with backbone_only) detection state dict -> variables
+    {"params", "batch_stats"} of `model`. Heads come from the file only when it holds them (with
+    `require_heads`, a file without them is an error); a head with another number of classes is dropped
+    with a warning."""
+    if not isinstance(model, UPerNet):
+        raise TypeError(f"convert_segmenter_state_dict needs a UPerNet model, got {type(model).__name__}")
+    backbone_state, head_state, kind = split_segmenter_state(state, source, backbone_only)
+    if require_heads and kind != "segmenter":
+        raise ConversionError(f"{source} holds a {kind} checkpoint, no UPerNet heads (decode_head.*) for "
+                              f"{describe(model)}; a segmenter can take its backbone when training starts "
+                              f"(config.init_from), with freshly initialised heads")
+    if kind == "classifier":  # in timm's names, where its final norm and head are plain to see
+        _, tensors, buffers = layouts.to_timm_layout(backbone_state)
+        backbone_state = {**tensors, **buffers}
+    skipped = sorted(k for k in backbone_state if UNUSED_BACKBONE_KEYS.match(k)
+                     or (kind == "classifier" and k in CLASSIFIER_ONLY))
+    backbone_state = {k: v for k, v in backbone_state.items() if k not in skipped}
+    if skipped:
+        log.info("%s: skipping %s (no use in a segmenter's backbone)", source, ", ".join(skipped))
+    fresh_norms = []
+    if kind == "classifier" and model.backbone.out_norm:  # the stage-map norms start at 1 and 0, as mmseg's
+        for i in model.backbone.out_indices:
+            if f"norm{i}.weight" not in backbone_state:
+                features = model.backbone.embed_dim * 2 ** i
+                backbone_state[f"norm{i}.weight"] = np.ones(features, np.float32)
+                backbone_state[f"norm{i}.bias"] = np.zeros(features, np.float32)
+                fresh_norms.append(f"norm{i}")
+    backbone = convert_state_dict(backbone_state, model.backbone, source=f"{source} (backbone)")["params"]
+
+    fresh = jax.jit(model.init_heads)(jax.random.key(0))
+    expected = {c: flatten_dict(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), v))
+                for c, v in fresh.items()}
+    variables = {c: dict(flatten_dict(v)) for c, v in fresh.items()}
+    variables["params"].update(flatten_dict({"backbone": backbone}))
+    if kind != "segmenter":
+        log.warning("%s is a %s checkpoint: the backbone comes from it%s; decode_head and auxiliary_head are "
+                    "freshly initialised", source, kind,
+                    f" (its stage-map norms {', '.join(fresh_norms)} freshly initialised)" if fresh_norms else "")
+        return {c: unflatten_dict(v) for c, v in variables.items()}
+
+    tensors = {}
+    for key, value in head_state.items():
+        name = _head_name(key)
+        if name is not None:
+            tensors[name] = _head_value(name[1], np.asarray(value))
+    missing, mismatched, dropped = [], [], []
+    for collection, specs in expected.items():
+        for path, spec in specs.items():
+            key = _torch_key(collection, path)
+            if (collection, path) not in tensors:
+                missing.append(f"{key} (expected {spec.shape})")
+                continue
+            value = tensors[(collection, path)]
+            if value.shape != spec.shape:
+                if path[-2] == "conv_seg" and value.shape[:-1] == spec.shape[:-1]:
+                    dropped.append(key)
+                    continue
+                mismatched.append(f"{key}: expected {spec.shape}, found {value.shape}")
+                continue
+            variables[collection][path] = jnp.array(value, spec.dtype)  # a copy: never a view of the caller's arrays
+    unexpected = [f"{_torch_key(c, p)} {v.shape}" for (c, p), v in tensors.items() if p not in expected[c]]
+    if missing or unexpected or mismatched:
+        raise accounting_error([f"{source} does not fit the heads of {describe(model)}:"], missing, unexpected,
+                               mismatched)
+    if dropped:
+        log.warning("%s: the classifiers have another number of classes than the model's %d: %s dropped and "
+                    "freshly initialised", source, model.num_classes, ", ".join(sorted(dropped)))
+    return {c: unflatten_dict(v) for c, v in variables.items()}
+
+
+def describe(model: UPerNet) -> str:
+    return f"UPerNet ({model.num_classes} classes) on {registry.describe(model.backbone)}"
+
+
+def load_segmenter_checkpoint(path, model: UPerNet, *, backbone_only: bool = False,
+                              require_heads: bool = False) -> dict:
+    """Variables for a segmenter from a PyTorch file (.pth/.bin/.safetensors)."""
+    return convert_segmenter_state_dict(read_state_dict(path), model, source=str(path), backbone_only=backbone_only,
+                                        require_heads=require_heads)
+
+
+def _huggingface_block_key(rest: str, v2: bool) -> str:
+    """A timm block key (after `blocks.j.`) -> Hugging Face's (SwinBackbone's names, Swinv2Backbone's)."""
+    renames = [("norm1.", "layernorm_before."), ("norm2.", "layernorm_after.")]
+    if v2:
+        renames += [("attn.q_bias", "attention.self.query.bias"), ("attn.v_bias", "attention.self.value.bias"),
+                    ("attn.logit_scale", "attention.self.logit_scale"),
+                    ("attn.cpb_mlp.", "attention.self.continuous_position_bias_mlp."),
+                    ("attn.proj.", "attention.output.dense."), ("mlp.fc1.", "intermediate.dense."),
+                    ("mlp.fc2.", "output.dense.")]
+    else:
+        renames += [("attn.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table"),
+                    ("attn.proj.", "attention.o_proj.")]
+    for old, new in renames:
+        if rest.startswith(old):
+            return new + rest[len(old):]
+    return rest
+
+
+def export_huggingface_upernet(variables: dict, model: UPerNet) -> dict[str, np.ndarray]:
+    """Segmenter variables -> the state dict of Hugging Face's UperNetForSemanticSegmentation (float32
+    numpy; BatchNorm counters 0), which `load_state_dict` takes strictly. V1 gets the final LayerNorm
+    HF's SwinModel carries but never applies (ones and zeros)."""
+    from swin_jax.convert.loader import export_timm_state_dict
+
+    v2 = not model.backbone.out_norm
+    top = "backbone." if v2 else "backbone.swin."
+    out = {}
+    for key, value in export_timm_state_dict({"params": variables["params"]["backbone"]}, model.backbone).items():
+        key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) - 1}.downsample", key)
+        norm = re.match(r"^norm(\d+)\.(weight|bias)$", key)
+        block = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(.*)$", key)
+        if norm:
+            out[f"backbone.hidden_states_norms.stage{int(norm[1]) + 1}.{norm[2]}"] = value
+        elif key.startswith("patch_embed.proj."):
+            out[top + "embeddings.patch_embeddings.projection." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("patch_embed.norm."):
+            out[top + "embeddings.norm." + key.rsplit(".", 1)[1]] = value
+        elif block and block[3].startswith("attn.qkv."):
+            prefix = f"{top}encoder.layers.{block[1]}.blocks.{block[2]}.attention."
+            names = ("self.query", "self.key", "self.value") if v2 else ("q_proj", "k_proj", "v_proj")
+            for name, part in zip(names, np.split(value, 3)):
+                out[f"{prefix}{name}.{block[3].rsplit('.', 1)[1]}"] = np.ascontiguousarray(part)
+        elif block:
+            out[f"{top}encoder.layers.{block[1]}.blocks.{block[2]}.{_huggingface_block_key(block[3], v2)}"] = value
+        else:
+            out[top + "encoder." + key] = value
+    if not v2:
+        out[top + "layernorm.weight"] = np.ones(model.backbone.num_features, np.float32)
+        out[top + "layernorm.bias"] = np.zeros(model.backbone.num_features, np.float32)
+    for collection in ("params", "batch_stats"):
+        for path, value in flatten_dict(jax.device_get({h: variables[collection][h] for h in HEADS})).items():
+            value = np.asarray(value, np.float32)
+            out[_torch_key(collection, path)] = np.ascontiguousarray(
+                value.transpose(3, 2, 0, 1) if path[-1] == "kernel" else value)
+            if path[-1] == "var":
+                out[_torch_key(collection, path).replace("running_var", "num_batches_tracked")] = np.zeros((), np.int64)
+    return out
