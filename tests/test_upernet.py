@@ -395,3 +395,27 @@ def test_convert_cli_for_segmenters(tmp_path, capsys):
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(source.read_bytes()[:100_000])
     refused("upernet_swin_tiny", truncated, r"truncated\.safetensors: not a readable safetensors file")
+
+
+def test_a_converted_classifier_directory_initialises_the_backbone(tmp_path):
+    """init_from with a converted classification directory (the training loop's path): the backbone's
+    blocks are the classifier's, the stage-map norms and heads fresh; a segmenter's directory gives
+    itself back."""
+    import timm
+    from swin_jax import checkpoint
+    from swin_jax.train.loop import load_init
+
+    tm = randomize(timm.create_model("swin_tiny_patch4_window7_224", img_size=64, **ARCH, num_classes=7))
+    name, overrides = "swin_tiny_patch4_window7_224", dict(img_size=64, **ARCH, num_classes=7)
+    classifier = swin_jax.create_model(name, **overrides)
+    checkpoint.save_pretrained(tmp_path / "cls", convert_state_dict(numpy_state(tm), classifier), name, overrides)
+    model = ours("v1")
+    params = load_init(str(tmp_path / "cls"), model)
+    want = convert_segmenter_state_dict(numpy_state(tm), model)["params"]
+    chex.assert_trees_all_equal(params["backbone"], want["backbone"])
+    np.testing.assert_array_equal(params["backbone"]["norm2"]["scale"], np.ones(64))
+
+    seg = convert_segmenter_state_dict(numpy_state(hf_upernet("v1")), model)
+    checkpoint.save_pretrained(tmp_path / "seg", seg, "upernet_swin_tiny_patch4_window7_224",
+                               dict(img_size=64, **ARCH, channels=32, auxiliary_channels=16, num_classes=10))
+    chex.assert_trees_all_equal(load_init(str(tmp_path / "seg"), model), seg["params"])

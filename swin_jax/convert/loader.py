@@ -128,7 +128,12 @@ def load_weights(path: str, model: Swin, *, class_map: np.ndarray | None = None)
     """Flax variables for `model` from a converted directory (`python -m swin_jax.convert`) or a PyTorch
     checkpoint file, fitted to it as `fit_params` says: another window, resolution or head works."""
     from swin_jax import checkpoint
+    from swin_jax.models.upernet import UPerNet
 
+    if isinstance(model, UPerNet):
+        from swin_jax.convert.segmentation import load_segmenter_weights
+
+        return load_segmenter_weights(path, model)
     if checkpoint.is_pretrained_dir(path):
         source, variables, _ = checkpoint.load_pretrained(path)
         params = variables["params"]

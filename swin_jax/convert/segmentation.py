@@ -227,3 +227,38 @@ def export_huggingface_upernet(variables: dict, model: UPerNet) -> dict[str, np.
             if path[-1] == "var":
                 out[_torch_key(collection, path).replace("running_var", "num_batches_tracked")] = np.zeros((), np.int64)
     return out
+
+
+def load_segmenter_weights(path: str, model: UPerNet) -> dict:
+    """Variables for a segmenter from a PyTorch file or a converted directory (`python -m
+    swin_jax.convert`): a segmenter's directory gives everything, a classifier's its backbone (fitted
+    as `fit_params` fits, its final norm and head left out; stage-map norms and heads fresh)."""
+    from swin_jax import checkpoint
+    from swin_jax.convert.loader import fit_params
+    from swin_jax.models.swin import unstack_blocks
+
+    if not checkpoint.is_pretrained_dir(path):
+        return load_segmenter_checkpoint(path, model)
+    source, variables, _ = checkpoint.load_pretrained(path)
+    if isinstance(source, UPerNet):
+        target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *model.input_hw, model.in_chans))))
+        same = jax.tree.structure(target) == jax.tree.structure(variables) and all(
+            a.shape == b.shape for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(variables)))
+        if not same:
+            raise ConversionError(f"{path} holds {describe(source)}, whose tensors do not fit {describe(model)}")
+        return variables
+    params = variables["params"]
+    tensors = flatten_dict(jax.device_get(unstack_blocks(params) if source.scan_blocks else params))
+    tensors = {p: v for p, v in tensors.items() if p[0] not in ("head", "norm")}
+    fresh = []
+    if model.backbone.out_norm:
+        for i in model.backbone.out_indices:
+            features = model.backbone.embed_dim * 2 ** i
+            tensors.setdefault((f"norm{i}", "scale"), np.ones(features, np.float32))
+            tensors.setdefault((f"norm{i}", "bias"), np.zeros(features, np.float32))
+            fresh.append(f"norm{i}")
+    backbone = fit_params(tensors, model.backbone, source=f"{path} (backbone)")["params"]
+    log.warning("%s is a classifier: the backbone comes from it (stage-map norms %s freshly initialised); "
+                "decode_head and auxiliary_head are freshly initialised", path, ", ".join(fresh) or "none")
+    heads = model.init_heads(jax.random.key(0))
+    return {"params": {**heads["params"], "backbone": backbone}, "batch_stats": heads["batch_stats"]}
