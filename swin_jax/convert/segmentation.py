@@ -20,7 +20,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from swin_jax.convert import layouts
-from swin_jax.convert.loader import accounting_error, convert_state_dict
+from swin_jax.convert.loader import accounting_error, convert_state_dict, export_timm_state_dict
 from swin_jax.convert.reader import ConversionError, read_state_dict
 from swin_jax.models import registry
 from swin_jax.models.upernet import UPerNet
@@ -67,6 +67,16 @@ def _torch_key(collection: str, path: tuple[str, ...]) -> str:
     return ".".join(parts + [leaf])
 
 
+def fresh_stage_norms(model: UPerNet) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The backbone's stage-map norms as initialised (scale 1, bias 0, as mmseg's), by name: what a
+    classifier, which has none, leaves them at."""
+    if not model.backbone.out_norm:
+        return {}
+    channels = model.stage_channels()
+    return {f"norm{i}": (np.ones(channels[i], np.float32), np.zeros(channels[i], np.float32))
+            for i in model.backbone.out_indices}
+
+
 def split_segmenter_state(state: dict, source: str, backbone_only: bool = False) -> tuple[dict, dict, str]:
     """(backbone tensors without their prefix, head tensors, what the file holds) of a state dict."""
     prefixes = sorted({k.split(".", 1)[0] for k in state})
@@ -109,13 +119,11 @@ def convert_segmenter_state_dict(state: dict, model: UPerNet, *, source: str = "
     if skipped:
         log.info("%s: skipping %s (no use in a segmenter's backbone)", source, ", ".join(skipped))
     fresh_norms = []
-    if kind == "classifier" and model.backbone.out_norm:  # the stage-map norms start at 1 and 0, as mmseg's
-        for i in model.backbone.out_indices:
-            if f"norm{i}.weight" not in backbone_state:
-                features = model.backbone.embed_dim * 2 ** i
-                backbone_state[f"norm{i}.weight"] = np.ones(features, np.float32)
-                backbone_state[f"norm{i}.bias"] = np.zeros(features, np.float32)
-                fresh_norms.append(f"norm{i}")
+    if kind == "classifier":
+        for name, (scale, bias) in fresh_stage_norms(model).items():
+            if f"{name}.weight" not in backbone_state:
+                backbone_state[f"{name}.weight"], backbone_state[f"{name}.bias"] = scale, bias
+                fresh_norms.append(name)
     backbone = convert_state_dict(backbone_state, model.backbone, source=f"{source} (backbone)")["params"]
 
     fresh = jax.jit(model.init_heads)(jax.random.key(0))
@@ -192,8 +200,6 @@ def export_huggingface_upernet(variables: dict, model: UPerNet) -> dict[str, np.
     """Segmenter variables -> the state dict of Hugging Face's UperNetForSemanticSegmentation (float32
     numpy; BatchNorm counters 0), which `load_state_dict` takes strictly. V1 gets the final LayerNorm
     HF's SwinModel carries but never applies (ones and zeros)."""
-    from swin_jax.convert.loader import export_timm_state_dict
-
     v2 = not model.backbone.out_norm
     top = "backbone." if v2 else "backbone.swin."
     out = {}
@@ -251,12 +257,10 @@ def load_segmenter_weights(path: str, model: UPerNet) -> dict:
     tensors = flatten_dict(jax.device_get(unstack_blocks(params) if source.scan_blocks else params))
     tensors = {p: v for p, v in tensors.items() if p[0] not in ("head", "norm")}
     fresh = []
-    if model.backbone.out_norm:
-        for i in model.backbone.out_indices:
-            features = model.backbone.embed_dim * 2 ** i
-            tensors.setdefault((f"norm{i}", "scale"), np.ones(features, np.float32))
-            tensors.setdefault((f"norm{i}", "bias"), np.zeros(features, np.float32))
-            fresh.append(f"norm{i}")
+    for name, (scale, bias) in fresh_stage_norms(model).items():
+        if (name, "scale") not in tensors:
+            tensors[(name, "scale")], tensors[(name, "bias")] = scale, bias
+            fresh.append(name)
     backbone = fit_params(tensors, model.backbone, source=f"{path} (backbone)")["params"]
     log.warning("%s is a classifier: the backbone comes from it (stage-map norms %s freshly initialised); "
                 "decode_head and auxiliary_head are freshly initialised", path, ", ".join(fresh) or "none")
