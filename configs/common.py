@@ -10,6 +10,7 @@ from swin_jax import data
 
 def get_config(model: str = "swin_tiny_patch4_window7_224") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.task = "classification"  # or "segmentation" (configs/upernet_*, demo_seg.py): swin_jax.tasks
     config.model = model
     config.model_overrides = ml_collections.ConfigDict()  # any SwinTransformer field, e.g. drop_path_rate
     config.model_dtype = "float32"  # compute dtype; 'bfloat16' for mixed precision (parameters stay fp32)
@@ -44,6 +45,13 @@ def get_config(model: str = "swin_tiny_patch4_window7_224") -> ml_collections.Co
     config.eps = 1e-8
     config.clip_grad = 5.0  # global norm; 0 = off
     config.grad_accum_steps = 1
+    config.schedule = "cosine"  # 'poly': mmcv's poly schedule (dense prediction)
+    config.warmup_steps = 0  # > 0 overrides warmup_epochs
+    config.warmup_ratio = 1e-6  # poly: mmcv's linear warm-up starts at this fraction of the rate
+    config.poly_power = 1.0
+    # Names (substrings of a parameter's path) that get no weight decay, mmcv's custom_keys with
+    # decay_mult 0; empty: the official Swin rule (optim.decays).
+    config.no_decay_keys = ()
     config.layer_decay = 1.0  # < 1: layer-wise lr decay (fine-tuning)
     # mmdet/mmseg's frozen_stages: >= 0 freezes the patch embedding, >= 1 also the absolute position
     # embedding, k >= 2 also the first k - 1 stages (each with the patch merging after it); -1: none.

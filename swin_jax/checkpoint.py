@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -81,16 +82,17 @@ class CheckpointError(ValueError):
 
 class TrainCheckpoints:
     """Training checkpoints in `directory` (orbax CheckpointManager): the whole train state per step,
-    saved in the background. Keeps the last `keep` steps and the best by eval top-1. Orbax writes each
+    saved in the background. Keeps the last `keep` steps and the best by `best_metric` (the task's:
+    eval top-1, eval mIoU). Orbax writes each
     step beside its final name and renames it when complete, so a half-written step is never listed;
     a listed step that still fails to restore is skipped with a warning."""
 
-    def __init__(self, directory: str | os.PathLike, *, keep: int = 3):
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, best_metric: str = "eval_top1"):
         from orbax.checkpoint import checkpoint_managers as policies
 
         keep_policy = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
-            policies.BestN(get_metric_fn=lambda m: m["eval_top1"], reverse=True, n=1,
+            policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=True, n=1,
                            keep_checkpoints_without_metrics=False)])
         options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
                                                preservation_policy=keep_policy)
@@ -138,6 +140,34 @@ class TrainCheckpoints:
                                  (f"; ... and {len(rows) - 8} more" if len(rows) > 8 else ""))
             raise CheckpointError("\n".join(lines))
 
+    def _restore(self, step: int, target):
+        """Restore a step into `target`, a dataclass of arrays. Fields the saved step lacks and that are empty
+        in the target (the model_state of a classifier, added after its checkpoint was written) are left
+        as the target has them, so older checkpoints still restore."""
+        saved = self.manager.item_metadata(step)
+        saved = getattr(saved, "tree", saved)
+        fields = {f.name: getattr(target, f.name) for f in dataclasses.fields(target)}
+        absent = {k: v for k, v in fields.items() if k not in saved and not jax.tree.leaves(v)}
+        item = {k: v for k, v in fields.items() if k not in absent}
+        restored = self.manager.restore(step, args=ocp.args.StandardRestore(item))
+        return dataclasses.replace(target, **restored)
+
+    def saved_arrays(self, step: int | None = None, fields=("params", "model_state")) -> dict:
+        """`fields` of a step's train state as saved (NumPy arrays, no target needed): for inference from
+        a training workdir. The best step by the task's metric when there is one, else the latest."""
+        step = step if step is not None else (self.best_step() or self.latest_step())
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        saved = self.manager.item_metadata(step)
+        saved = getattr(saved, "tree", saved)
+        item = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
+            jax.devices()[0])), saved[k]) for k in fields if k in saved}
+        missing = {k: {} for k in fields if k not in saved}
+        rest = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
+            jax.devices()[0])), v) for k, v in saved.items() if k not in item}
+        restored = self.manager.restore(step, args=ocp.args.StandardRestore({**item, **rest}))
+        return {**{k: restored[k] for k in item}, **missing, "step": step}
+
     def restore_latest(self, target) -> tuple[int | None, object]:
         """(step, state) of the newest step that restores, laid out as `target` (ShapeDtypeStructs with
         shardings: any device count or sharding works); (None, None) if there is none. Damaged steps
@@ -146,7 +176,7 @@ class TrainCheckpoints:
         for step in reversed(self.steps()):
             try:
                 self._check_fits(step, target)
-                return step, self.manager.restore(step, args=ocp.args.StandardRestore(target))
+                return step, self._restore(step, target)
             except CheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001  damaged files raise many kinds of error

@@ -1,9 +1,13 @@
-"""Classify images with a converted or PyTorch Swin checkpoint; prints the top-5 ImageNet classes.
+"""Classify or segment images with a converted directory, a PyTorch checkpoint or a training workdir.
 
   python -m swin_jax.predict --checkpoint DIR_OR_FILE [--model NAME] [--crop-pct P] IMAGE...
+  python -m swin_jax.predict --checkpoint SEGMENTER image.jpg --output mask.png [--mode slide] [--flip]
 
-Images go through the evaluation transform of the training pipeline (swin_jax.data.transforms), so a
-prediction here and an evaluation in train.py see the same pixels.
+A classifier prints the top-5 classes. A segmenter (UPerNet) writes the colour-coded mask (ADE20K's
+palette) to --output and an overlay on the image beside it (NAME_overlay.png), and prints the share of
+the image each class covers. Images go through the evaluation transforms of the training pipeline
+(swin_jax.data.transforms, swin_jax.data.segmentation), so a prediction here and an evaluation in
+train.py see the same pixels.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from swin_jax import checkpoint, data
@@ -44,7 +49,42 @@ def class_names(num_classes: int) -> list[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
+def _tuples(value):
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def is_training_workdir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "checkpoints"))
+
+
+def load_workdir(workdir: str):
+    """(model, variables, config) of a train.py workdir: its best checkpoint (by the task's metric), else
+    the latest."""
+    import json
+
+    import ml_collections
+
+    from swin_jax.tasks import get_task
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(_tuples(json.load(f)))
+    model = get_task(config).build_model(config, config.input.num_classes)
+    checkpoints = checkpoint.TrainCheckpoints(os.path.join(workdir, "checkpoints"), best_metric=get_task(config).best_metric)
+    try:
+        saved = checkpoints.saved_arrays()
+    finally:
+        checkpoints.close()
+    return model, {"params": saved["params"], **saved["model_state"]}, config
+
+
 def load(path: str, model_name: str | None):
+    if is_training_workdir(path):
+        model, variables, _ = load_workdir(path)
+        return model, variables
     if checkpoint.is_pretrained_dir(path):
         model, variables, _ = checkpoint.load_pretrained(path)
         return model, variables
@@ -56,8 +96,75 @@ def load(path: str, model_name: str | None):
             raise ConversionError(f"{path}: no registered model has its shapes "
                                   f"({', '.join(f'{k}={v}' for k, v in found.items())}); pass --model")
         model_name = matches[0]
+    if model_name.startswith(registry.SEGMENTER_PREFIX):
+        from swin_jax.convert.segmentation import convert_segmenter_state_dict
+
+        classes = next((v.shape[0] for k, v in state.items() if k.endswith(("decode_head.conv_seg.weight",
+                                                                               "decode_head.classifier.weight"))), 150)
+        model = create_model(model_name, num_classes=classes)
+        return model, convert_segmenter_state_dict(state, model, source=path, require_heads=True)
     model = create_model(model_name, num_classes=found.get("num_classes", 1000))
     return model, convert_state_dict(state, model, source=path)
+
+
+def segment(model, variables, path: str, *, scale=(2048, 512), mode: str = "whole", crop: int = 512,
+            stride: int = 341, flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(the image as read, uint8 HxWx3; class per pixel at its size): the evaluation resize keeping the
+    ratio to `scale`, `whole` or `slide` inference (with `flip`, averaged with the mirrored image), class
+    probabilities resized back to the image."""
+    import functools
+
+    from swin_jax.data import segmentation
+    from swin_jax.data.host import tf
+    from swin_jax.models.layers import resize_bilinear
+    from swin_jax.models.upernet import segment_probabilities
+
+    with open(path, "rb") as f:
+        encoded = f.read()
+    try:
+        image = transforms.decode(tf.constant(encoded))
+        resized = segmentation.eval_resize(image, tuple(scale))
+    except tf.errors.InvalidArgumentError as e:
+        raise ValueError(f"{path}: not a readable image ({str(e).splitlines()[0][:200]})") from None
+    x = np.asarray(data.normalize(resized.numpy()[None]))
+    apply_fn = jax.jit(functools.partial(model.apply, variables))
+    probs = segment_probabilities(apply_fn, x, mode=mode, crop=crop, stride=stride, flip=flip)
+    original = image.numpy()
+    probs = resize_bilinear(probs, original.shape[:2])
+    return original, np.asarray(jnp.argmax(probs[0], axis=-1))
+
+
+def write_segmentation(image: np.ndarray, classes: np.ndarray, output: str, num_classes: int) -> str:
+    """The colour-coded mask at `output` and the image blended with it at NAME_overlay.png; returns the
+    overlay's path."""
+    from PIL import Image
+
+    from swin_jax.data.ade20k import palette
+
+    colours = palette(num_classes)[classes]
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    Image.fromarray(colours).save(output)
+    stem, ext = os.path.splitext(output)
+    overlay = f"{stem}_overlay{ext or '.png'}"
+    Image.fromarray((0.5 * image + 0.5 * colours).round().astype(np.uint8)).save(overlay)
+    return overlay
+
+
+def segmentation_class_names(num_classes: int, config=None) -> list[str]:
+    if config is not None and config.get("task") == "segmentation":
+        from swin_jax.tasks.segmentation import class_names_for
+
+        return list(class_names_for(config.input, num_classes,
+                                    _scene_names() if config.input.dataset == "demo_scenes" else None))
+    if num_classes == 150:
+        from swin_jax.data.ade20k import CLASSES
+        return list(CLASSES)
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def _scene_names():
+    from swin_jax.data.scenes import SCENE_CLASSES
+    return SCENE_CLASSES
 
 
 def main(argv=None) -> int:
@@ -68,10 +175,25 @@ def main(argv=None) -> int:
     parser.add_argument("--crop-pct", type=float, default=0.0,
                         help="evaluation crop (config.input.crop_pct); 0: the official one for the model's size")
     parser.add_argument("--top", type=int, default=5)
+    segmenting = parser.add_argument_group("segmenters")
+    segmenting.add_argument("--output", help="the colour-coded mask (PNG); NAME_overlay.png goes beside it. "
+                            "With several images, a folder for IMAGE_mask.png and IMAGE_overlay.png")
+    segmenting.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
+                            help="evaluation resize keeping the ratio (default: the training config's, else 2048 512)")
+    segmenting.add_argument("--mode", choices=("whole", "slide"), default="whole")
+    segmenting.add_argument("--crop", type=int, default=512, help="slide: window size")
+    segmenting.add_argument("--stride", type=int, default=341, help="slide: window stride")
+    segmenting.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
     try:
-        model, variables = load(args.checkpoint, args.model)
+        config = None
+        if is_training_workdir(args.checkpoint):
+            model, variables, config = load_workdir(args.checkpoint)
+        else:
+            model, variables = load(args.checkpoint, args.model)
+        if hasattr(model, "backbone"):
+            return _segment_main(args, model, variables, config)
         size = model.input_hw[0]
         batch = []
         for path in args.images:
@@ -88,6 +210,34 @@ def main(argv=None) -> int:
         print(os.fspath(path))
         for i in np.argsort(-p)[:args.top]:
             print(f"  {p[i]:7.2%}  {names[i]}")
+    return 0
+
+
+def _segment_main(args, model, variables, config) -> int:
+    if not args.output:
+        print("error: a segmenter needs --output (where the mask PNG goes)", file=sys.stderr)
+        return 1
+    scale = args.scale or (tuple(config.input.eval_scale) if config is not None else (2048, 512))
+    names = segmentation_class_names(model.num_classes, config)
+    for path in args.images:
+        if not os.path.isfile(path):
+            print(f"error: {path}: no such image file", file=sys.stderr)
+            return 1
+        output = args.output
+        if len(args.images) > 1:
+            output = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + "_mask.png")
+        try:
+            image, classes = segment(model, variables, path, scale=scale, mode=args.mode, crop=args.crop,
+                                     stride=args.stride, flip=args.flip)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        overlay = write_segmentation(image, classes, output, model.num_classes)
+        print(f"{path}: mask {output}, overlay {overlay}")
+        counts = np.bincount(classes.ravel(), minlength=model.num_classes)
+        for i in np.argsort(-counts)[:args.top]:
+            if counts[i]:
+                print(f"  {counts[i] / classes.size:7.2%}  {names[i]}")
     return 0
 
 

@@ -167,8 +167,7 @@ def convert_segmenter_state_dict(state: dict, model: UPerNet, *, source: str = "
     return {c: unflatten_dict(v) for c, v in variables.items()}
 
 
-def describe(model: UPerNet) -> str:
-    return f"UPerNet ({model.num_classes} classes) on {registry.describe(model.backbone)}"
+describe = registry.describe
 
 
 def load_segmenter_checkpoint(path, model: UPerNet, *, backbone_only: bool = False,

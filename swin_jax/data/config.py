@@ -46,3 +46,46 @@ def default_config() -> ml_collections.ConfigDict:
     c.synthetic_examples = 1_281_167
     c.lock()  # a misspelt field is an error, not a silently added one
     return c
+
+
+def segmentation_config() -> ml_collections.ConfigDict:
+    """`config.input` of mmseg's ADE20K recipe as the official Swin configs use it
+    (configs/_base_/datasets/ade20k.py): 512x512 crops of images rescaled from (2048, 512) by 0.5-2."""
+    c = ml_collections.ConfigDict()
+    # A TFDS name with image and annotation features (scene_parse150), 'folder'
+    # (data_dir/images/SPLIT/NAME.jpg + data_dir/annotations/SPLIT/NAME.png, as ADEChallengeData2016)
+    # or 'demo_scenes' (digit scenes made in memory).
+    c.dataset = "folder"
+    c.data_dir = ml_collections.config_dict.placeholder(str)
+    c.train_split = ""  # '' = 'training' (folder), 'train' (TFDS, demo)
+    c.eval_split = ""  # '' = 'validation' (folder), 'test' (TFDS, demo)
+    c.download = False
+    c.batch_size = 16  # global
+    c.eval_batch_size = 0  # 0 = batch_size
+    c.shuffle_buffer = 1000
+    c.shard = "process"
+    c.cache = False
+    c.threads = 0
+    c.num_classes = 150
+    c.class_names = ()  # () = ADE20K's for 150 classes (the demo's own), else indices
+    c.reduce_zero_label = True  # ADE20K: 0 ("other") is ignored, classes 1..150 become 0..149
+    c.ignore_index = 255
+    # Training: mmseg's Resize(img_scale, ratio_range) -> RandomCrop(cat_max_ratio) -> RandomFlip ->
+    # PhotoMetricDistortion -> Normalize -> Pad(crop, 0 / ignore_index).
+    c.scale = (2048, 512)
+    c.ratio_range = (0.5, 2.0)
+    c.crop_size = (512, 512)
+    c.cat_max_ratio = 0.75
+    c.hflip = 0.5
+    c.photometric = True
+    # Evaluation: keep-ratio resize to eval_scale, whole-image inference, metrics at the annotation's size;
+    # images and annotations padded to multiples of eval_pad_multiple (one compilation per padded shape).
+    c.eval_scale = (2048, 512)
+    c.eval_pad_multiple = 128
+    c.preview_images = 4  # held-out images shown in TensorBoard at every evaluation
+    # The offline demo (dataset 'demo_scenes').
+    c.demo_scene_size = 96
+    c.demo_train_scenes = 2000
+    c.demo_eval_scenes = 200
+    c.lock()
+    return c

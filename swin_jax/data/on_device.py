@@ -128,3 +128,12 @@ def train_batch(rng: jax.Array, images: jax.Array, labels: jax.Array, config, *,
                      cutmix_alpha=config.cutmix_alpha, switch_prob=config.mixup_switch_prob,
                      prob=config.mixup_prob, label_smoothing=config.label_smoothing)
     return x.astype(dtype), targets
+
+
+def segmentation_batch(images: jax.Array, valid: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """Normalised segmentation inputs with the padding beyond each image's `valid` (h, w) set to 0, as
+    mmseg's Pad after Normalize leaves it (the host pads uint8 pixels, which would normalise to -mean/std)."""
+    x = normalize(images, dtype=jnp.float32)
+    rows = jnp.arange(x.shape[1])[None, :, None] < valid[:, 0, None, None]
+    cols = jnp.arange(x.shape[2])[None, None, :] < valid[:, 1, None, None]
+    return jnp.where((rows & cols)[..., None], x, 0.0).astype(dtype)

@@ -38,6 +38,7 @@ class Input:
     steps: int  # training: steps per epoch; evaluation: steps for one pass
     local_batch_size: int
     build: Callable[[int], tf.data.Dataset] | None = None  # training: the stream from a given step
+    class_names: tuple[str, ...] | None = None  # None: classes are known by their indices
 
     def starting_at(self, step: int) -> "Input":
         """The same training stream from `step` on, without opening the data again."""
@@ -96,16 +97,34 @@ def train_input(config: ml_collections.ConfigDict, *, seed: int, start_step: int
     """An endless stream of augmented training batches for this process, starting at `start_step`."""
     process_index, process_count = _processes(process_index, process_count)
     local_batch = _local_batch(config.batch_size, process_count, "batch_size")
-    if config.shard not in ("process", "global"):
-        raise DataError(f"config.input.shard must be 'process' or 'global', not {config.shard!r}")
     if config.dataset == SYNTHETIC:
         return _synthetic(config, local_batch, seed, start_step, process_index, train=True)
+
+    def augment(ex):
+        image = transforms.train_transform(
+            ex["image"], ex["seed"], size=config.image_size, scale=tuple(config.scale),
+            ratio=tuple(config.ratio), hflip=config.hflip, rand_augment=config.rand_augment,
+            interpolation=config.interpolation)
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+
+    return training_stream(config, lambda index, count: open_split(config, _split_name(config, 0), index, count),
+                           augment, seed=seed, start_step=start_step, process_index=process_index,
+                           process_count=process_count)
+
+
+def training_stream(config, open_train_split, augment, *, seed: int, start_step: int, process_index: int,
+                    process_count: int) -> Input:
+    """The training stream of any task: `open_train_split(reader_index, reader_count)` gives the examples,
+    `augment(example with its "seed")` turns one into what the task trains on."""
+    local_batch = _local_batch(config.batch_size, process_count, "batch_size")
+    if config.shard not in ("process", "global"):
+        raise DataError(f"config.input.shard must be 'process' or 'global', not {config.shard!r}")
     # 'process': each process reads only its share (scales to pods; the order depends on the process
     # count). 'global': each reads the whole stream and keeps its rows of every global batch, decoding
     # only those: the batches are the same for any number of processes.
     whole = config.shard == "global"
     reader_index, reader_count = (0, 1) if whole else (process_index, process_count)
-    split = open_split(config, _split_name(config, 0), reader_index, reader_count)
+    split = open_train_split(reader_index, reader_count)
     steps = split.total_examples // config.batch_size
     if steps == 0:
         raise DataError(f"the {config.dataset} training split has {split.total_examples} examples, fewer than "
@@ -127,13 +146,6 @@ def train_input(config: ml_collections.ConfigDict, *, seed: int, start_step: int
     def own_rows(batch):
         return {k: v[process_index * local_batch:(process_index + 1) * local_batch] for k, v in batch.items()}
 
-    def augment(ex):
-        image = transforms.train_transform(
-            ex["image"], ex["seed"], size=config.image_size, scale=tuple(config.scale),
-            ratio=tuple(config.ratio), hflip=config.hflip, rand_augment=config.rand_augment,
-            interpolation=config.interpolation)
-        return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
-
     def build(start):
         start_epoch, skip_steps = divmod(start, steps)
         dataset = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max)
@@ -144,7 +156,8 @@ def train_input(config: ml_collections.ConfigDict, *, seed: int, start_step: int
         dataset = dataset.batch(local_batch, drop_remainder=True)
         return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
 
-    return Input(build(start_step), split.num_classes, split.total_examples, steps, local_batch, build)
+    return Input(build(start_step), split.num_classes, split.total_examples, steps, local_batch, build,
+                 split.class_names)
 
 
 def eval_input(config: ml_collections.ConfigDict, *, split: str | None = None,
@@ -171,7 +184,7 @@ def eval_input(config: ml_collections.ConfigDict, *, split: str | None = None,
     dataset = dataset.concatenate(padding.repeat(steps * local_batch - data.num_examples))
     dataset = dataset.batch(local_batch, drop_remainder=True)
     dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
-    return Input(dataset, data.num_classes, data.total_examples, steps, local_batch)
+    return Input(dataset, data.num_classes, data.total_examples, steps, local_batch, class_names=data.class_names)
 
 
 def _synthetic(config, local_batch, seed, start_step, process_index, *, train: bool) -> Input:
@@ -206,3 +219,116 @@ def to_global(batches, sharding: jax.sharding.Sharding, *, ahead: int = 2) -> It
             yield queue.popleft()
     while queue:
         yield queue.popleft()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Semantic segmentation (mmseg's ADE20K pipeline: swin_jax.data.segmentation)
+
+SEGMENTATION_SPLITS = {"folder": sources.SEGMENTATION_FOLDER_SPLITS, "demo_scenes": ("train", "test")}
+SEGMENTATION_TFDS_SPLITS = ("train", "test")  # scene_parse150's names
+
+
+def _segmentation_split_name(config, which: int) -> str:
+    given = config.train_split if which == 0 else config.eval_split
+    return given or SEGMENTATION_SPLITS.get(config.dataset, SEGMENTATION_TFDS_SPLITS)[which]
+
+
+def open_segmentation_split(config, split: str, process_index: int, process_count: int) -> sources.Split:
+    names = tuple(config.class_names) or None
+    if config.dataset == "folder":
+        if not config.data_dir:
+            raise DataError("config.input.dataset='folder' needs config.input.data_dir, the folder that holds "
+                            "images/SPLIT/NAME.jpg and annotations/SPLIT/NAME.png")
+        return sources.segmentation_folder_split(config.data_dir, split, process_index=process_index,
+                                                 process_count=process_count, num_classes=config.num_classes,
+                                                 reduce_zero_label=config.reduce_zero_label,
+                                                 ignore_index=config.ignore_index, class_names=names)
+    if config.dataset == "demo_scenes":
+        count = config.demo_train_scenes if split == "train" else config.demo_eval_scenes
+        return sources.scenes_split(split, count, size=config.demo_scene_size, process_index=process_index,
+                                    process_count=process_count)
+    return sources.tfds_segmentation_split(config.dataset, split, data_dir=config.data_dir,
+                                           process_index=process_index, process_count=process_count,
+                                           download=config.download, num_classes=config.num_classes,
+                                           class_names=names)
+
+
+def _label(label, config):
+    """Class indices (uint8 HxW) of an encoded or decoded annotation, with mmseg's reduce_zero_label
+    (0, "other", becomes the ignore index and every class moves down by one)."""
+    if label.dtype == tf.string:
+        label = tf.io.decode_png(label, channels=0)[..., 0]  # a 3-channel (TFDS) annotation: the first
+    if config.reduce_zero_label:
+        label = tf.where(label == 0, tf.constant(255, tf.uint8), label - 1)
+        label = tf.where(label == 254, tf.constant(255, tf.uint8), label)
+    return label
+
+
+def segmentation_train_input(config: ml_collections.ConfigDict, *, seed: int, start_step: int = 0,
+                             process_index: int | None = None, process_count: int | None = None) -> Input:
+    """Endless batches of {"image": uint8 crop, "label": uint8 crop (ignore index where padded),
+    "valid": the unpadded (h, w)}, the same resumable order as classification."""
+    from swin_jax.data import segmentation
+
+    process_index, process_count = _processes(process_index, process_count)
+
+    def augment(ex):
+        out = segmentation.train_transform(
+            transforms.decode(ex["image"]), _label(ex["label"], config), ex["seed"], scale=tuple(config.scale),
+            ratio_range=tuple(config.ratio_range) if config.ratio_range else None,
+            crop_size=tuple(config.crop_size), cat_max_ratio=config.cat_max_ratio, hflip=config.hflip,
+            photometric=config.photometric, ignore_index=config.ignore_index)
+        return dict(out, label=tf.cast(out["label"], tf.uint8))
+
+    return training_stream(config, lambda index, count: open_segmentation_split(
+        config, _segmentation_split_name(config, 0), index, count), augment, seed=seed, start_step=start_step,
+        process_index=process_index, process_count=process_count)
+
+
+def _round_up(x, multiple):
+    return (x + multiple - 1) // multiple * multiple
+
+
+def segmentation_eval_input(config: ml_collections.ConfigDict, *, split: str | None = None,
+                            process_index: int | None = None, process_count: int | None = None) -> Input:
+    """One pass for mmseg's evaluation: each image resized keeping its ratio to `eval_scale`, its annotation
+    kept at the original resolution (where the metrics are computed). Sizes vary, so both are padded up
+    to multiples of `eval_pad_multiple` and batched by padded shape: the eval step compiles once per shape,
+    a small bounded set. Every process reads the whole split and keeps its rows of each global batch, so
+    all processes see the same shapes in the same order; short batches are filled with masked examples.
+    Batches: image, label (ignore index in the padding), valid (the resized h, w), label_size, mask."""
+    from swin_jax.data import segmentation
+
+    process_index, process_count = _processes(process_index, process_count)
+    global_batch = config.eval_batch_size or config.batch_size
+    local_batch = _local_batch(global_batch, process_count, "eval_batch_size")
+    data = open_segmentation_split(config, split or _segmentation_split_name(config, 1), 0, 1)
+    multiple, ignore = config.eval_pad_multiple, config.ignore_index
+
+    def prepare(ex):
+        label = _label(ex["label"], config)
+        image = segmentation.eval_resize(transforms.decode(ex["image"]), tuple(config.eval_scale))
+        size, label_size = tf.shape(image)[:2], tf.shape(label)[:2]
+        padded, label_padded = _round_up(size, multiple), _round_up(label_size, multiple)
+        image = tf.pad(image, [[0, padded[0] - size[0]], [0, padded[1] - size[1]], [0, 0]])
+        label = tf.pad(label, [[0, label_padded[0] - label_size[0]], [0, label_padded[1] - label_size[1]]],
+                       constant_values=ignore)
+        key = tf.cast(tf.concat([padded, label_padded], 0) // multiple, tf.int64)
+        key = ((key[0] * 1000 + key[1]) * 1000 + key[2]) * 1000 + key[3]
+        return {"image": image, "label": label, "valid": size, "label_size": label_size,
+                "mask": tf.constant(True), "key": key}
+
+    def fill(batch):
+        """Pad a short batch to the global batch with masked examples, then keep this process's rows."""
+        missing = global_batch - tf.shape(batch["mask"])[0]
+        values = {"image": 0, "label": ignore, "valid": 1, "label_size": 1, "mask": False}
+        full = {k: tf.pad(batch[k], [[0, missing]] + [[0, 0]] * (len(batch[k].shape) - 1),
+                          constant_values=tf.cast(v, batch[k].dtype)) for k, v in values.items()}
+        return {k: v[process_index * local_batch:(process_index + 1) * local_batch] for k, v in full.items()}
+
+    dataset = data.dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.group_by_window(key_func=lambda ex: ex["key"], window_size=global_batch,
+                                      reduce_func=lambda key, group: group.batch(global_batch))
+    dataset = dataset.map(fill).prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+    steps = math.ceil(data.total_examples / global_batch)  # at least; more where shapes leave short batches
+    return Input(dataset, data.num_classes, data.total_examples, steps, local_batch, class_names=data.class_names)

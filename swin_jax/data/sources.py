@@ -37,6 +37,7 @@ class Split:
     max_process_examples: int  # the largest share over all processes (equal step counts)
     total_examples: int  # in the whole split, over all processes
     num_classes: int
+    class_names: tuple[str, ...] | None = None
 
 
 def _shares(n: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -92,7 +93,7 @@ def tfds_split(name: str, split: str, *, data_dir: str | None, process_index: in
         local, largest = _shares(total, process_index, process_count)
     else:  # mocked data: every share is the whole mock split
         local = largest = total = int(dataset.cardinality())
-    return Split(dataset, local, largest, total, features["label"].num_classes)
+    return Split(dataset, local, largest, total, features["label"].num_classes, tuple(features["label"].names))
 
 
 def _is_mocked() -> bool:
@@ -177,7 +178,7 @@ def folder_split(root: str, split: str, *, process_index: int, process_count: in
     local, largest = _shares(len(keep), process_index, process_count)
     dataset = tf.data.Dataset.from_tensor_slices({"path": paths, "label": labels})
     dataset = dataset.map(lambda ex: {"image": tf.io.read_file(ex["path"]), "label": ex["label"]})
-    return Split(dataset, local, largest, len(keep), len(classes))
+    return Split(dataset, local, largest, len(keep), len(classes), tuple(classes))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -207,3 +208,129 @@ def demo_split(split: str, *, process_index: int, process_count: int) -> Split:
     dataset = tf.data.Dataset.from_tensor_slices({"image": images[process_index::process_count],
                                                   "label": labels[process_index::process_count]})
     return Split(dataset, local, largest, len(images), 10)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Segmentation: {"image": encoded bytes or uint8 HxWx3, "label": encoded PNG or uint8 HxW}
+
+SEGMENTATION_FOLDER_SPLITS = ("training", "validation")  # ADEChallengeData2016's folder names
+
+
+def tfds_segmentation_split(name: str, split: str, *, data_dir: str | None, process_index: int,
+                            process_count: int, download: bool = False, num_classes: int,
+                            class_names=None) -> Split:
+    """A TFDS segmentation dataset with `image` and `annotation` features (scene_parse150). Its
+    annotations are 3-channel PNGs; the class index is the first channel. (TFDS's scene_parse150 holds
+    the 2017 challenge's instance annotations, not ADEChallengeData2016's semantic ones that the official
+    numbers use: for those, point the 'folder' source at ADEChallengeData2016.)"""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise DataError(f"unknown dataset {name!r}: not a TFDS dataset name, nor 'folder' or 'demo_scenes'") from None
+    if not _is_mocked() and not builder.is_prepared():
+        if not download:
+            raise DataError(_not_prepared_message(builder, name, data_dir))
+        builder.download_and_prepare()
+    features = builder.info.features
+    if "image" not in features or "annotation" not in features:
+        raise DataError(f"TFDS dataset {name!r} has no 'image' and 'annotation' features ({list(features)}); "
+                        "a segmentation dataset is needed")
+    splits = builder.info.splits
+    if splits and split not in splits:
+        raise DataError(f"TFDS dataset {name!r} has no split {split!r}; it has {sorted(splits)}")
+    shard = tfds.even_splits(split, n=process_count)[process_index]
+    dataset = builder.as_dataset(split=shard, shuffle_files=False,
+                                 decoders={"image": tfds.decode.SkipDecoding(), "annotation": tfds.decode.SkipDecoding()},
+                                 read_config=tfds.ReadConfig(add_tfds_id=False))
+    dataset = dataset.map(lambda ex: {"image": ex["image"], "label": ex["annotation"]})
+    if splits:
+        total = splits[split].num_examples
+        local, largest = _shares(total, process_index, process_count)
+    else:
+        local = largest = total = int(dataset.cardinality())
+    return Split(dataset, local, largest, total, num_classes, class_names)
+
+
+def _stems(directory: str, extensions) -> dict[str, str]:
+    found = {}
+    for root, _, files in sorted(os.walk(directory)):
+        for file in sorted(files):
+            stem, ext = os.path.splitext(file)
+            if ext.lower() in extensions:
+                found[os.path.relpath(os.path.join(root, stem), directory)] = os.path.join(root, file)
+    return found
+
+
+def _check_pair(image_path: str, label_path: str, num_classes: int, reduce_zero_label: bool,
+                ignore_index: int) -> str | None:
+    """Why an image and its annotation cannot be trained on, or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(image_path) as image:
+            image_size = image.size
+        with Image.open(label_path) as label:
+            if label.mode not in ("L", "P"):
+                return (f"{label_path}: annotation has mode {label.mode} ({len(label.getbands())} channels); a "
+                        "single-channel PNG of class indices is expected")
+            if label.size != image_size:
+                return (f"{label_path}: annotation is {label.size[0]}x{label.size[1]} but its image {image_path} "
+                        f"is {image_size[0]}x{image_size[1]}")
+            values = np.unique(np.asarray(label))
+    except Exception as e:  # PIL raises many types for bad files
+        return f"{image_path} / {label_path}: not readable ({type(e).__name__}: {e})"
+    if reduce_zero_label:
+        values = np.where(values == 0, 255, values - 1)
+        values = np.where(values == 254, 255, values)
+    bad = values[(values >= num_classes) & (values != ignore_index)]
+    if bad.size:
+        shown = ", ".join(str(v + 1 if reduce_zero_label else v) for v in bad[:8])
+        return (f"{label_path}: class values {shown} are not below num_classes={num_classes}"
+                f"{' (after reduce_zero_label)' if reduce_zero_label else ''} nor the ignore index {ignore_index}")
+    return None
+
+
+def segmentation_folder_split(root: str, split: str, *, process_index: int, process_count: int, num_classes: int,
+                              reduce_zero_label: bool, ignore_index: int = 255, class_names=None,
+                              check_workers: int | None = None) -> Split:
+    """root/images/SPLIT/NAME.jpg with root/annotations/SPLIT/NAME.png (mmseg's custom dataset layout, as
+    ADEChallengeData2016). Every pair is checked before training starts; a missing partner, a size
+    mismatch, a multi-channel annotation or a class value out of range is an error naming the files."""
+    image_dir, label_dir = os.path.join(root, "images", split), os.path.join(root, "annotations", split)
+    for directory in (image_dir, label_dir):
+        if not os.path.isdir(directory):
+            raise DataError(f"segmentation folder {directory} does not exist; expected {root}/images/{split}/NAME.jpg "
+                            f"and {root}/annotations/{split}/NAME.png")
+    images, labels = _stems(image_dir, IMAGE_EXTENSIONS), _stems(label_dir, (".png",))
+    lonely = [f"image {images[k]} has no annotation {os.path.join(label_dir, k)}.png" for k in sorted(images.keys() - labels.keys())]
+    lonely += [f"annotation {labels[k]} has no image in {image_dir}" for k in sorted(labels.keys() - images.keys())]
+    if lonely:
+        raise DataError(f"segmentation folder {root} ({split}): {len(lonely)} file(s) without a partner: " +
+                        "; ".join(lonely[:5]) + ("; ..." if len(lonely) > 5 else ""))
+    if not images:
+        raise DataError(f"segmentation folder {image_dir} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    stems = sorted(images)
+    with concurrent.futures.ThreadPoolExecutor(check_workers or min(32, (os.cpu_count() or 1) * 4)) as pool:
+        problems = [p for p in pool.map(lambda k: _check_pair(images[k], labels[k], num_classes, reduce_zero_label,
+                                                               ignore_index), stems) if p]
+    if problems:
+        raise DataError(f"segmentation folder {root} ({split}): {len(problems)} bad example(s): " +
+                        "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
+    mine = stems[process_index::process_count]
+    local, largest = _shares(len(stems), process_index, process_count)
+    dataset = tf.data.Dataset.from_tensor_slices({"image": [images[k] for k in mine], "label": [labels[k] for k in mine]})
+    dataset = dataset.map(lambda ex: {"image": tf.io.read_file(ex["image"]), "label": tf.io.read_file(ex["label"])})
+    return Split(dataset, local, largest, len(stems), num_classes, class_names)
+
+
+def scenes_split(split: str, count: int, *, size: int, process_index: int, process_count: int, seed: int = 0) -> Split:
+    """The offline segmentation demo: `count` digit scenes (swin_jax.data.scenes), made in memory."""
+    from swin_jax.data import scenes
+
+    images, labels = scenes.scene_arrays(split, count, size=size, seed=seed)
+    local, largest = _shares(len(images), process_index, process_count)
+    dataset = tf.data.Dataset.from_tensor_slices({"image": images[process_index::process_count],
+                                                  "label": labels[process_index::process_count]})
+    return Split(dataset, local, largest, len(images), len(scenes.SCENE_CLASSES), scenes.SCENE_CLASSES)

@@ -345,3 +345,17 @@ class ConvNormAct(nn.Module):
         x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x, train)
         return nn.relu(x)
 
+
+
+def bilinear_matrix_of_sizes(size_in: jax.Array, size_out: jax.Array, rows: int, cols: int) -> jax.Array:
+    """(rows, cols) bilinear weights (align_corners=False) from the first `size_in` of `cols` inputs to the
+    first `size_out` of `rows` outputs, for sizes known only at run time (padded batches of images of
+    different sizes); rows past size_out are zero."""
+    scale = size_in.astype(jnp.float32) / size_out.astype(jnp.float32)
+    i = jnp.arange(rows, dtype=jnp.float32)
+    source = jnp.maximum((i + 0.5) * scale - 0.5, 0.0)
+    low = jnp.minimum(jnp.floor(source).astype(jnp.int32), size_in - 1)
+    high = jnp.where(low < size_in - 1, low + 1, low)
+    weight_high = jnp.clip(source - low.astype(jnp.float32), 0.0, 1.0)
+    weights = (jax.nn.one_hot(low, cols) * (1.0 - weight_high)[:, None] + jax.nn.one_hot(high, cols) * weight_high[:, None])
+    return weights * (jnp.arange(rows) < size_out)[:, None]

@@ -155,9 +155,12 @@ def _same(a, b) -> bool:
     return (tuple(a) if isinstance(a, (list, tuple)) else a) == (tuple(b) if isinstance(b, (list, tuple)) else b)
 
 
-def describe(model: Swin) -> str:
+def describe(model: Swin | UPerNet) -> str:
     """The model's registered name (when its architecture is one) and its hyper-parameters, for messages:
-    'swin_tiny_patch4_window7_224 (Swin V1, embed_dim=96, depths=(2, 2, 6, 2), ...)'."""
+    'swin_tiny_patch4_window7_224 (Swin V1, embed_dim=96, depths=(2, 2, 6, 2), ...)'; a segmenter's
+    'UPerNet (150 classes) on ...'."""
+    if isinstance(model, UPerNet):
+        return f"UPerNet ({model.num_classes} classes) on {describe(model.backbone)}"
     fields = {f: getattr(model, f) for f in SHAPE_FIELDS}
     summary = (f"embed_dim={model.embed_dim}, depths={tuple(model.depths)}, "
                f"num_heads={tuple(model.num_heads)}, window_size={model.window_size}, patch_size={model.patch_size}, "

@@ -15,12 +15,16 @@ import ml_collections
 import numpy as np
 
 from swin_jax import checkpoint, data
-from swin_jax.models import create_model, registry
+from swin_jax.models import registry
+from swin_jax.tasks import get_task
 from swin_jax.train import optim, sharding
 from swin_jax.train.metrics import MetricWriter
 from swin_jax.train.steps import TrainState, make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
+
+
+STEP_METRICS = {"train_loss", "grad_norm", "updated", "lr"}
 
 
 class TrainingError(RuntimeError):
@@ -65,9 +69,7 @@ def initialize_distributed() -> None:
 
 
 def build_model(config, num_classes: int):
-    return create_model(config.model, num_classes=num_classes, img_size=config.input.image_size,
-                        dtype=jnp.dtype(config.model_dtype), remat=config.remat,
-                        scan_unroll=config.scan_unroll, **config.model_overrides)
+    return get_task(config).build_model(config, num_classes)
 
 
 def load_init(path: str, model, class_map_path: str = ""):
@@ -79,7 +81,7 @@ def load_init(path: str, model, class_map_path: str = ""):
     if not os.path.exists(path):
         raise TrainingError(f"config.init_from={path!r} is neither a converted model directory nor a file")
     class_map = read_class_map(class_map_path) if class_map_path else None
-    return load_weights(path, model, class_map=class_map)["params"]
+    return load_weights(path, model, class_map=class_map)
 
 
 def _check(config) -> None:
@@ -92,45 +94,53 @@ def _check(config) -> None:
         raise TrainingError(f"config.grad_accum_steps={config.grad_accum_steps} must be at least 1")
 
 
+def _depths(model):
+    return model.backbone.depths if hasattr(model, "backbone") else model.depths
+
+
 def build_training(config, model, lr: optim.Schedule, mesh, num_classes: int):
     """The initial train state, created directly in its shardings, and the jitted train step."""
     batch_sharding = sharding.batch_sharding(mesh)
+    task = get_task(config)
 
     def init_state():
         init_rng, run_rng = jax.random.split(jax.random.key(config.seed))
-        images = jnp.zeros((1, *model.input_hw, model.in_chans), jnp.float32)
-        params = model.init(init_rng, images)["params"]
-        opt_state = optim.optimizer(config, params, lr, model.depths).init(params)
+        variables = dict(task.init_variables(model, init_rng))
+        params = variables.pop("params")
+        opt_state = optim.optimizer(config, params, lr, _depths(model)).init(params)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                          ema_params=params if config.ema_decay else None, rng=jax.random.key_data(run_rng))
+                          ema_params=params if config.ema_decay else None, rng=jax.random.key_data(run_rng),
+                          model_state=variables)
 
     abstract = jax.eval_shape(init_state)
     state_sharding = sharding.state_shardings(abstract, mesh, config.fsdp)
     state = jax.jit(init_state, out_shardings=state_sharding)()
-    tx = optim.optimizer(config, abstract.params, lr, model.depths)
-    train_step = jax.jit(make_train_step(model, tx, lr, config, num_classes),
+    tx = optim.optimizer(config, abstract.params, lr, _depths(model))
+    train_step = jax.jit(make_train_step(task, model, tx, lr, config, num_classes),
                          in_shardings=(state_sharding, batch_sharding),
                          out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
     return state, state_sharding, train_step
 
 
-def evaluate(eval_step, params, evaluation, batch_sharding) -> dict:
-    totals = None
-    for batch in data.to_global(iter(evaluation), batch_sharding):
-        sums = eval_step(params, batch)
+def evaluate(task, eval_step, variables, evaluation, batch_sharding, writer=None) -> dict:
+    """One pass over the evaluation input: the task's sums over every batch, then its metrics. A long pass
+    shows its progress."""
+    totals, started, shapes = None, time.time(), set()
+    for i, batch in enumerate(data.to_global(iter(evaluation), batch_sharding), 1):
+        shapes.add(tuple((k, v.shape) for k, v in sorted(batch.items())))
+        sums = eval_step(variables, batch)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    count = max(float(totals["count"]), 1.0)
-    return {"eval_loss": float(totals["loss"]) / count, "eval_top1": float(totals["top1"]) / count,
-            "eval_top5": float(totals["top5"]) / count, "eval_examples": float(totals["count"])}
+        if writer is not None and time.time() - started > 10 and i % 10 == 0:
+            writer.message(f"  evaluating: {i} of {evaluation.steps} batches, "
+                           f"{i * evaluation.local_batch_size * jax.process_count() / (time.time() - started):.1f} "
+                           "images/s")
+    results = task.summarize(jax.device_get(totals), evaluation.class_names)
+    results["eval_batch_shapes"] = float(len(shapes))  # compilations of the eval step this pass needed
+    return results
 
 
-def _eval_line(results: dict) -> str:
-    line = (f"eval top-1 {results['eval_top1']:.4f}, top-5 {results['eval_top5']:.4f}, "
-            f"loss {results['eval_loss']:.4f} ({int(results['eval_examples'])} examples)")
-    if "ema_eval_top1" in results:
-        line += f"; EMA top-1 {results['ema_eval_top1']:.4f}"
-    return line
+def _variables(params, model_state) -> dict:
+    return {"params": params, **(model_state or {})}
 
 
 def _write_config(config, workdir: str, num_classes: int) -> None:
@@ -158,9 +168,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = sharding.make_mesh()
     batch_sharding = sharding.batch_sharding(mesh)
 
-    checkpoints = checkpoint.TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-    training = None if config.eval_only else data.train_input(config.input, seed=config.seed)
-    evaluation = data.eval_input(config.input)
+    checkpoints = checkpoint.TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                                              best_metric=get_task(config).best_metric)
+    task = get_task(config)
+    training, evaluation = task.inputs(config, train=not config.eval_only)
     num_classes = evaluation.num_classes
     model = build_model(config, num_classes)
     steps_per_epoch = training.steps if training else 1
@@ -180,26 +191,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 start_step, state = restored_step, restored
                 training = training.starting_at(start_step)  # the data position is a function of the step
         if config.init_from and not start_step:
-            params = jax.device_put(load_init(config.init_from, model, config.init_class_map), state_sharding.params)
-            state = state.replace(params=params, ema_params=params if config.ema_decay else None)
+            loaded = dict(load_init(config.init_from, model, config.init_class_map))
+            params = jax.device_put(loaded.pop("params"), state_sharding.params)
+            model_state = jax.device_put({k: loaded.get(k, v) for k, v in state.model_state.items()},
+                                         state_sharding.model_state)
+            state = state.replace(params=params, ema_params=params if config.ema_decay else None,
+                                  model_state=model_state)
 
-        eval_step = jax.jit(make_eval_step(model, config), in_shardings=(state_sharding.params, batch_sharding),
+        variables_sharding = _variables(state_sharding.params, state_sharding.model_state)
+        eval_step = jax.jit(make_eval_step(task, model, config), in_shardings=(variables_sharding, batch_sharding),
                             out_shardings=sharding.replicated(mesh))
+
+        def run_eval(step, params):
+            variables = _variables(params, state.model_state)
+            results = evaluate(task, eval_step, variables, evaluation, batch_sharding, writer)
+            for name, images in task.previews(model, variables, evaluation, config, batch_sharding).items():
+                writer.images(step, name, images)
+            return results
+
         writer = MetricWriter(workdir, total_steps, start_step=start_step)
         n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
         writer.message(f"{_model_line(config, model, n_params)}, {num_classes} classes")
         if config.eval_only:
-            results = evaluate(eval_step, state.params, evaluation, batch_sharding)
+            results = run_eval(0, state.params)
             writer.write(0, results)
-            writer.message(f"{config.input.dataset}: {_eval_line(results)}")
+            writer.message(f"{config.input.dataset}: {task.report(results, evaluation.class_names)}")
             writer.close()
             checkpoints.close()
             return results
         if start_step >= total_steps:
             # Nothing left to train: report the final checkpoint's evaluation, and log nothing twice.
-            results = evaluate(eval_step, state.params, evaluation, batch_sharding)
+            results = evaluate(task, eval_step, _variables(state.params, state.model_state), evaluation,
+                               batch_sharding)
             writer.message(f"{workdir} already holds the final checkpoint (step {start_step} of {total_steps}): "
-                           f"{_eval_line(results)}")
+                           f"{task.report(results, evaluation.class_names)}")
             writer.close()
             checkpoints.close()
             return results
@@ -243,17 +268,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     norms = [v["grad_norm"] for v in values if v["updated"]]
                     if norms:
                         row["grad_norm"] = float(np.mean(norms))
+                    for key in values[-1].keys() - STEP_METRICS:  # the task's own, e.g. the auxiliary loss
+                        row[key] = float(np.mean([v[key] for v in values]))
                     writer.write(step, row)
                     writer.progress(step, {"loss": row["train_loss"], "lr": row["lr"], "img/s": row["images_per_sec"]})
                     pending, last_time, last_step = [], now, step
                 evaluated = step % eval_every == 0 or step == total_steps
                 if evaluated:
-                    results = evaluate(eval_step, state.params, evaluation, batch_sharding)
+                    results = run_eval(step, state.params)
                     if config.ema_decay:
-                        ema = evaluate(eval_step, state.ema_params, evaluation, batch_sharding)
+                        ema = evaluate(task, eval_step, _variables(state.ema_params, state.model_state), evaluation,
+                                       batch_sharding)
                         results.update({f"ema_{k}": v for k, v in ema.items()})
                     writer.write(step, results)
-                    writer.message(f"step {step}: {_eval_line(results)}")
+                    writer.message(f"step {step}: {task.report(results, evaluation.class_names)}")
                 # Every process reaches the preemption sync point at the same step, so all save together.
                 preempted = sigterm.raised or checkpoints.reached_preemption(step)
                 if preempted or step % config.checkpoint_every_steps == 0 or step == total_steps:

@@ -48,6 +48,16 @@ class MetricWriter:
                     tf.summary.scalar(key, float(value))
         self.tensorboard.flush()
 
+    def images(self, step: int, name: str, images) -> None:
+        """uint8 images (N, H, W, 3) under `name` in TensorBoard's Images tab."""
+        if not self.active:
+            return
+        from swin_jax.data.host import tf
+
+        with self.tensorboard.as_default(step=int(step)):
+            tf.summary.image(name, images, max_outputs=len(images))
+        self.tensorboard.flush()
+
     def progress(self, step: int, values: dict) -> None:
         """One line: step, loss, images/s and the time left at the pace since start (or resume)."""
         if not self.active:

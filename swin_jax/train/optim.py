@@ -5,11 +5,15 @@ global batch and gradient accumulation, linear warm-up from warmup_lr then a per
 min_lr, weight decay 0.05 on every weight matrix and none on biases, LayerNorm parameters, the
 absolute position embedding and the relative position bias tables (Swin V2: nor on the position-bias
 MLP `cpb_mlp`, `logit_scale` and the q/v biases), global-norm clipping at 5.
+
+Dense-prediction configs follow mmseg instead (`config.schedule = "poly"`, `config.no_decay_keys`): mmcv's
+PolyLrUpdaterHook with its linear warm-up, and the decay rule of mmcv's `paramwise_cfg.custom_keys`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -46,20 +50,53 @@ class Schedule:
         return optax.join_schedules([warmup, cosine], [self.warmup_steps])(step)
 
 
+@dataclasses.dataclass(frozen=True)
+class PolySchedule:
+    """mmcv's PolyLrUpdaterHook by iteration with warmup='linear': the regular rate
+    (peak - min) * (1 - step / total) ** power + min, scaled during warm-up by
+    1 - (1 - step / warmup) * (1 - warmup_ratio), so the first step runs at warmup_ratio of it."""
+    peak_lr: float
+    min_lr: float
+    power: float
+    warmup_steps: int
+    warmup_ratio: float
+    total_steps: int
+
+    def __call__(self, step):
+        step = jnp.asarray(step, jnp.float32)
+        remaining = (self.total_steps - jnp.minimum(step, self.total_steps)) / max(self.total_steps, 1)  # exact
+        regular = (self.peak_lr - self.min_lr) * remaining ** self.power + self.min_lr
+        if not self.warmup_steps:
+            return regular
+        # 1 - k with k = (1 - step / warmup) * (1 - ratio), written so float32 keeps a ratio of 1e-6.
+        factor = self.warmup_ratio + (1.0 - self.warmup_ratio) * step / self.warmup_steps
+        return jnp.where(step < self.warmup_steps, regular * factor, regular)
+
+
 def scaled_lr(lr: float, config) -> float:
     """The official linear scaling: lr * global batch * accumulation steps / 512."""
     return lr * config.batch_size * config.grad_accum_steps / config.lr_base_batch_size
 
 
-def schedule(config, total_steps: int, steps_per_epoch: int) -> Schedule:
-    """The schedule over `total_steps` optimiser updates. Warm-up lasts warmup_epochs; when total_steps
-    overrides the epochs, warm-up keeps its share of the run (warmup_epochs / epochs)."""
+def schedule(config, total_steps: int, steps_per_epoch: int) -> Schedule | PolySchedule:
+    """The schedule over `total_steps` optimiser updates. Warm-up lasts `warmup_steps` if set, else
+    warmup_epochs; when total_steps overrides the epochs, warm-up keeps its share of the run
+    (warmup_epochs / epochs)."""
     updates_per_epoch = max(steps_per_epoch // config.grad_accum_steps, 1)
     updates = max(total_steps // config.grad_accum_steps, 1)
-    if config.total_steps:
+    kind = config.get("schedule", "cosine")
+    if kind not in ("cosine", "poly"):
+        raise ValueError(f"config.schedule={kind!r}: must be 'cosine' or 'poly'")
+    if config.get("warmup_steps", 0):
+        warmup = config.warmup_steps // config.grad_accum_steps
+    elif config.total_steps:
         warmup = int(updates * config.warmup_epochs / config.epochs)
     else:
         warmup = int(config.warmup_epochs * updates_per_epoch)
+    if kind == "poly":
+        return PolySchedule(peak_lr=scaled_lr(config.base_lr, config), min_lr=scaled_lr(config.min_lr, config),
+                            power=config.poly_power, warmup_steps=warmup, warmup_ratio=config.warmup_ratio,
+                            total_steps=updates)
     return Schedule(peak_lr=scaled_lr(config.base_lr, config), warmup_lr=scaled_lr(config.warmup_lr, config),
                     min_lr=scaled_lr(config.min_lr, config), warmup_steps=warmup, total_steps=updates)
 
@@ -71,9 +108,19 @@ def decays(path: tuple[str, ...]) -> bool:
     return path[-1] == "kernel" and not any(name in NO_DECAY_NAMES for name in path)
 
 
-def decay_mask(params):
+def decays_custom_keys(path: tuple[str, ...], no_decay_keys) -> bool:
+    """mmcv's DefaultOptimizerConstructor with `custom_keys={key: dict(decay_mult=0.)}`: a parameter
+    whose name contains one of the keys gets no decay; every other one, biases and BatchNorm included,
+    decays. Our parameter names hold "norm" exactly where the official ones do (LayerNorms `norm*`,
+    the heads' BatchNorm `bn`), so matching the Flax path is matching the official name."""
+    return not any(key in name for key in no_decay_keys for name in path)
+
+
+def decay_mask(params, no_decay_keys=()):
+    """Which parameters get weight decay: the official Swin rule, or with `no_decay_keys` mmcv's."""
     flat = traverse_util.flatten_dict(params)
-    return traverse_util.unflatten_dict({path: decays(path) for path in flat})
+    rule = (lambda path: decays_custom_keys(path, no_decay_keys)) if no_decay_keys else decays
+    return traverse_util.unflatten_dict({path: rule(path) for path in flat})
 
 
 def frozen(path: tuple[str, ...], frozen_stages: int) -> bool:
@@ -157,7 +204,8 @@ def optimizer(config, params, lr: Schedule, depths) -> optax.GradientTransformat
     if config.clip_grad:
         chain.append(optax.clip_by_global_norm(config.clip_grad))
     chain.append(optax.adamw(lr, b1=config.betas[0], b2=config.betas[1], eps=config.eps,
-                             weight_decay=config.weight_decay, mask=decay_mask))
+                             weight_decay=config.weight_decay,
+                             mask=functools.partial(decay_mask, no_decay_keys=tuple(config.get("no_decay_keys", ())))))
     if config.layer_decay < 1.0:
         chain.append(scale_by_tree(layer_scales(params, depths, config.layer_decay)))
     tx = optax.chain(*chain, *freeze)

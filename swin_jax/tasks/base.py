@@ -1,0 +1,46 @@
+"""The interface between a task and the training loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+
+class Task:
+    """One kind of training. Methods that run inside `jax.jit` (train_loss, eval_sums) are pure."""
+
+    name: str = ""
+    best_metric: str = ""  # the eval metric (higher is better) whose best checkpoint is kept
+
+    def inputs(self, config, *, train: bool):
+        """(training Input or None when not training, evaluation Input); swin_jax.data.pipeline.Input."""
+        raise NotImplementedError
+
+    def build_model(self, config, num_classes: int):
+        raise NotImplementedError
+
+    def init_variables(self, model, rng: jax.Array) -> dict[str, Any]:
+        """Fresh variables: "params", and any state the model updates as it trains ("batch_stats")."""
+        raise NotImplementedError
+
+    def train_loss(self, model, params, model_state: dict, batch: dict, rngs: tuple[jax.Array, jax.Array],
+                   config, num_classes: int):
+        """(loss, (new model_state, extra scalar metrics)) of one global batch; rngs = (data, dropout)."""
+        raise NotImplementedError
+
+    def eval_sums(self, model, variables: dict, batch: dict, config) -> dict[str, jax.Array]:
+        """Quantities summed over every evaluation batch (arrays of any fixed shape)."""
+        raise NotImplementedError
+
+    def summarize(self, totals: dict, class_names) -> dict[str, float]:
+        """The eval metrics (metrics.jsonl and TensorBoard rows, all `eval_*`) from the summed totals."""
+        raise NotImplementedError
+
+    def report(self, results: dict, class_names) -> str:
+        """What an evaluation prints: one line, or a line and a table."""
+        raise NotImplementedError
+
+    def previews(self, model, variables: dict, evaluation, config, batch_sharding) -> dict[str, Any]:
+        """Images for TensorBoard at each evaluation ({name: uint8 (N, H, W, 3)}); none by default."""
+        return {}

@@ -1,0 +1,162 @@
+"""Segmentation in the one training loop: the demo end to end (metrics, per-class IoU, TensorBoard
+images, predict from the workdir), 1 device against 8, the ADE20K config on mocked scene_parse150,
+SIGTERM and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import demo_seg, upernet_swin_t_ade20k
+from swin_jax import data
+from swin_jax.train import sharding, train_and_evaluate
+from swin_jax.train.loop import build_model, build_training
+from swin_jax.train import optim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(embed_dim=16, num_heads=(1, 2, 2, 4), channels=16, auxiliary_channels=8)
+TINY_FLAGS = [f"--config.model_overrides.{k}={v}" for k, v in TINY.items()] + [
+    "--config.input.demo_train_scenes=64", "--config.input.demo_eval_scenes=10", "--config.input.eval_batch_size=10"]
+
+
+def tiny_demo(**overrides):
+    config = demo_seg.get_config()
+    config.model_overrides.update(TINY)
+    config.input.update(dict(demo_train_scenes=64, demo_eval_scenes=16, eval_batch_size=8))
+    config.update(overrides)
+    return config
+
+
+def _rows(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.endswith("\n")]
+
+
+def test_short_demo_learns_and_reports(tmp_path, capsys):
+    """A short demo run: the loss falls, evaluation writes mIoU, mAcc, aAcc and per-class IoU rows, prints
+    the table, puts image | truth | prediction into TensorBoard; predict reads the workdir."""
+    workdir = str(tmp_path / "seg")
+    config = demo_seg.get_config()
+    config.input.update(dict(demo_train_scenes=400, demo_eval_scenes=50))
+    config.update(dict(total_steps=60, warmup_steps=10, eval_every_steps=60, checkpoint_every_steps=60,
+                       log_every_steps=10))
+    results = train_and_evaluate(config, workdir)
+    out = capsys.readouterr().out
+    rows = _rows(workdir)
+    losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    assert losses[-1] < 0.8 * losses[0]
+    assert {"decode_loss", "auxiliary_loss"} <= set(rows[0])
+    evals = [r for r in rows if "eval_miou" in r]
+    assert len(evals) == 1 and evals[0]["eval_batch_shapes"] == 1  # one padded shape: one compilation
+    assert {"eval_macc", "eval_aacc", "eval_iou/background", "eval_iou/7", "eval_acc/7"} <= set(evals[0])
+    assert results["eval_miou"] == evals[0]["eval_miou"] and results["eval_iou/background"] > 0.85
+    # mAcc over the 11 classes that occur; aAcc is the labelled pixels' accuracy, at least background's share
+    assert 1 / 11 - 1e-6 <= results["eval_macc"] <= 1 and results["eval_aacc"] > 0.85
+    assert "class         IoU    Acc" in out and "\n  background " in out
+    from swin_jax.data.host import tf
+
+    tags = set()
+    events = os.path.join(workdir, "tensorboard")
+    for name in os.listdir(events):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(events, name)):
+            tags |= {v.tag for v in event.summary.value}
+    assert "eval/image | ground truth | prediction" in tags and "eval_miou" in tags
+
+    from PIL import Image
+    from swin_jax.data import scenes
+    from swin_jax.predict import main as predict_main
+
+    images, labels = scenes.scene_arrays("test", 1)
+    Image.fromarray(images[0]).save(tmp_path / "scene.png")
+    assert predict_main(["--checkpoint", workdir, str(tmp_path / "scene.png"), "--output", str(tmp_path / "m.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "background" in printed and "%" in printed
+    mask = np.asarray(Image.open(tmp_path / "m.png"))
+    assert mask.shape == (96, 96, 3) and os.path.exists(tmp_path / "m_overlay.png")
+
+
+def _train_losses(config, devices, steps=3):
+    mesh = sharding.make_mesh(devices)
+    model = build_model(config, 11)
+    lr = optim.schedule(config, config.total_steps, 4)
+    batches = iter(data.segmentation_train_input(config.input, seed=0))
+    out = []
+    with jax.set_mesh(mesh):
+        state, _, train_step = build_training(config, model, lr, mesh, 11)
+        for _ in range(steps):
+            state, metrics = train_step(state, jax.device_put(next(batches), sharding.batch_sharding(mesh)))
+            out.append(float(metrics["train_loss"]))
+        return out, jax.device_get(state.model_state)
+
+
+def test_eight_devices_match_one():
+    """BatchNorm statistics over the global batch (as SyncBN): the same losses and running statistics
+    with the batch split over 8 devices as on 1."""
+    config = tiny_demo(total_steps=10, warmup_steps=0)
+    config.input.batch_size = 8
+    one, stats_one = _train_losses(config, jax.devices()[:1])
+    eight, stats_eight = _train_losses(config, jax.devices())
+    np.testing.assert_allclose(eight, one, rtol=2e-5)
+    assert one[-1] != one[0]
+    for a, b in zip(jax.tree.leaves(stats_eight), jax.tree.leaves(stats_one)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # means near 0 after three updates
+
+
+def test_ade20k_config_runs_two_steps_on_mock_scene_parse150(tmp_path):
+    """configs/upernet_swin_t_ade20k.py as shipped (Swin-T, the heads, the recipe), two steps on TFDS's
+    mocked scene_parse150 with small crops, then an evaluation; no download, no checkpoint to start from."""
+    import tensorflow_datasets as tfds
+
+    config = upernet_swin_t_ade20k.get_config()
+    config.update(dict(dataset="scene_parse150", init_from="", total_steps=2, batch_size=8, log_every_steps=1,
+                       eval_every_steps=2, checkpoint_every_steps=2))
+    config.input.update(dict(crop_size=(64, 64), scale=(128, 64), eval_scale=(128, 64), eval_batch_size=8,
+                             eval_pad_multiple=64))
+    with tfds.testing.mock_data(num_examples=8, max_value=150):  # class values 0..150, as ADE20K's
+        results = train_and_evaluate(config, str(tmp_path / "ade"))
+    rows = _rows(tmp_path / "ade")
+    assert [r["step"] for r in rows if "train_loss" in r] == [1, 2]
+    assert rows[0]["lr"] == pytest.approx(6e-5 * 1e-6 * 8 / 16, rel=1e-3)  # warm-up from ratio 1e-6, per 16
+    assert np.isfinite(results["eval_aacc"]) and "eval_iou/wall" in results
+
+
+def _start(workdir, steps):
+    flags = ["--config", "configs/demo_seg.py", f"--config.total_steps={steps}", "--config.log_every_steps=1",
+             "--config.eval_every_steps=1000", "--config.checkpoint_every_steps=4", "--config.input.batch_size=4",
+             "--config.input.preview_images=0", *TINY_FLAGS]
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "train.py", *flags, "--workdir", str(workdir)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigterm_and_resume_give_the_uninterrupted_losses(tmp_path):
+    steps = 16
+    interrupted = _start(tmp_path / "run", steps)
+    deadline = time.time() + 600
+    while not any(r.get("step", 0) >= 5 for r in (_rows(tmp_path / "run") if os.path.exists(
+            tmp_path / "run" / "metrics.jsonl") else [])):
+        assert interrupted.poll() is None and time.time() < deadline, interrupted.communicate()[1][-3000:]
+        time.sleep(0.05)
+    interrupted.send_signal(signal.SIGTERM)
+    out, err = interrupted.communicate(timeout=600)
+    assert interrupted.returncode == 0 and "stopping at step" in out, err[-3000:]
+    stopped = int(out.split("stopping at step ")[1].split()[0])
+    assert stopped < steps
+    reference = _start(tmp_path / "reference", steps)
+    out, err = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err[-3000:]
+    expected = {r["step"]: r["train_loss"] for r in _rows(tmp_path / "reference") if "train_loss" in r}
+    before = len(_rows(tmp_path / "run"))
+    resumed = _start(tmp_path / "run", steps)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert f"resumed from the checkpoint of step {stopped}" in out
+    again = {r["step"]: r["train_loss"] for r in _rows(tmp_path / "run")[before:] if "train_loss" in r}
+    assert sorted(again) == list(range(stopped + 1, steps + 1))
+    assert again == {s: expected[s] for s in again}  # bitwise: the same batches, dropout and BatchNorm state
