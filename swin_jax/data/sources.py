@@ -62,37 +62,48 @@ def _not_prepared_message(builder, name: str, data_dir: str | None) -> str:
             f"or set config.input.download=True to fetch it at start-up.")
 
 
-def tfds_split(name: str, split: str, *, data_dir: str | None, process_index: int, process_count: int,
-               download: bool = False) -> Split:
+def _tfds_examples(name: str, split: str, *, data_dir: str | None, process_index: int, process_count: int,
+                   download: bool, fields: dict[str, str], others: str, kind: str):
+    """This process's share of a TFDS split, images left encoded, features renamed {ours: theirs}; with
+    the counts the pipeline needs and the dataset's features."""
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise DataError(f"unknown dataset {name!r}: not a TFDS dataset name, nor 'folder', 'demo' or "
-                        "'synthetic' (see `tfds.list_builders()` for the TFDS names)") from None
+        raise DataError(f"unknown dataset {name!r}: not a TFDS dataset name, nor {others} "
+                        "(see `tfds.list_builders()` for the TFDS names)") from None
     # Under tfds.testing.mock_data the builder reports not prepared but serves generated examples.
     if not _is_mocked() and not builder.is_prepared():
         if not download:
             raise DataError(_not_prepared_message(builder, name, data_dir))
         builder.download_and_prepare()
     features = builder.info.features
-    if "image" not in features or "label" not in features:
-        raise DataError(f"TFDS dataset {name!r} has no 'image' and 'label' features ({list(features)}); "
-                        "only image classification datasets can be used")
+    if any(f not in features for f in fields.values()):
+        wanted = " and ".join(repr(f) for f in fields.values())
+        raise DataError(f"TFDS dataset {name!r} has no {wanted} features ({list(features)}); {kind}")
     splits = builder.info.splits
     if splits and split not in splits:
         raise DataError(f"TFDS dataset {name!r} has no split {split!r}; it has {sorted(splits)}")
     shard = tfds.even_splits(split, n=process_count)[process_index]
-    dataset = builder.as_dataset(split=shard, shuffle_files=False,
-                                 decoders={"image": tfds.decode.SkipDecoding()},
+    images = {f: tfds.decode.SkipDecoding() for f in fields.values() if isinstance(features[f], tfds.features.Image)}
+    dataset = builder.as_dataset(split=shard, shuffle_files=False, decoders=images,
                                  read_config=tfds.ReadConfig(add_tfds_id=False))
-    dataset = dataset.map(lambda ex: {"image": ex["image"], "label": ex["label"]})
+    dataset = dataset.map(lambda ex: {ours: ex[theirs] for ours, theirs in fields.items()})
     if splits:
         total = splits[split].num_examples
         local, largest = _shares(total, process_index, process_count)
     else:  # mocked data: every share is the whole mock split
         local = largest = total = int(dataset.cardinality())
+    return dataset, local, largest, total, features
+
+
+def tfds_split(name: str, split: str, *, data_dir: str | None, process_index: int, process_count: int,
+               download: bool = False) -> Split:
+    dataset, local, largest, total, features = _tfds_examples(
+        name, split, data_dir=data_dir, process_index=process_index, process_count=process_count, download=download,
+        fields={"image": "image", "label": "label"}, others="'folder', 'demo' or 'synthetic'",
+        kind="only image classification datasets can be used")
     return Split(dataset, local, largest, total, features["label"].num_classes, tuple(features["label"].names))
 
 
@@ -223,33 +234,10 @@ def tfds_segmentation_split(name: str, split: str, *, data_dir: str | None, proc
     annotations are 3-channel PNGs; the class index is the first channel. (TFDS's scene_parse150 holds
     the 2017 challenge's instance annotations, not ADEChallengeData2016's semantic ones that the official
     numbers use: for those, point the 'folder' source at ADEChallengeData2016.)"""
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise DataError(f"unknown dataset {name!r}: not a TFDS dataset name, nor 'folder' or 'demo_scenes'") from None
-    if not _is_mocked() and not builder.is_prepared():
-        if not download:
-            raise DataError(_not_prepared_message(builder, name, data_dir))
-        builder.download_and_prepare()
-    features = builder.info.features
-    if "image" not in features or "annotation" not in features:
-        raise DataError(f"TFDS dataset {name!r} has no 'image' and 'annotation' features ({list(features)}); "
-                        "a segmentation dataset is needed")
-    splits = builder.info.splits
-    if splits and split not in splits:
-        raise DataError(f"TFDS dataset {name!r} has no split {split!r}; it has {sorted(splits)}")
-    shard = tfds.even_splits(split, n=process_count)[process_index]
-    dataset = builder.as_dataset(split=shard, shuffle_files=False,
-                                 decoders={"image": tfds.decode.SkipDecoding(), "annotation": tfds.decode.SkipDecoding()},
-                                 read_config=tfds.ReadConfig(add_tfds_id=False))
-    dataset = dataset.map(lambda ex: {"image": ex["image"], "label": ex["annotation"]})
-    if splits:
-        total = splits[split].num_examples
-        local, largest = _shares(total, process_index, process_count)
-    else:
-        local = largest = total = int(dataset.cardinality())
+    dataset, local, largest, total, _ = _tfds_examples(
+        name, split, data_dir=data_dir, process_index=process_index, process_count=process_count, download=download,
+        fields={"image": "image", "label": "annotation"}, others="'folder' or 'demo_scenes'",
+        kind="a segmentation dataset is needed")
     return Split(dataset, local, largest, total, num_classes, class_names)
 
 
