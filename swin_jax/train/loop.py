@@ -168,9 +168,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = sharding.make_mesh()
     batch_sharding = sharding.batch_sharding(mesh)
 
-    checkpoints = checkpoint.TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-                                              best_metric=get_task(config).best_metric)
     task = get_task(config)
+    checkpoints = checkpoint.TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                                              best_metric=task.best_metric)
     training, evaluation = task.inputs(config, train=not config.eval_only)
     num_classes = evaluation.num_classes
     model = build_model(config, num_classes)
