@@ -102,7 +102,7 @@ def test_init_from_a_converted_directory_fits_our_own_parameters(tmp_path, monke
 
     monkeypatch.setattr(layouts, "to_timm_layout", refuse)
     monkeypatch.setattr(loader, "export_timm_state_dict", refuse)
-    params = load_init(str(tmp_path / "ape"), target)
+    params = load_init(str(tmp_path / "ape"), target)["params"]
     assert params["absolute_pos_embed"].shape == (1, 96, 96, 96)
     assert params["layers_0"]["blocks"]["block0"]["attn"]["relative_position_bias_table"].shape == (1, 23 * 23, 3)
     chex.assert_trees_all_equal(params, expected)

@@ -416,7 +416,7 @@ def test_init_from_a_converted_22k_model_into_another_window(tmp_path):
     class_map = np.sort(np.random.RandomState(0).choice(21841, 10, replace=False))
     (tmp_path / "map.txt").write_text("\n".join(map(str, class_map)))
     target = SwinTransformerV2(**dict(SMALL, img_size=128, window_size=8, pretrained_window_sizes=(4, 4, 4, 2)))
-    params = load_init(str(tmp_path / "pre"), target, str(tmp_path / "map.txt"))
+    params = load_init(str(tmp_path / "pre"), target, str(tmp_path / "map.txt"))["params"]
     np.testing.assert_array_equal(params["head"]["kernel"], tm.head.fc.weight.detach().numpy()[class_map].T)
     np.testing.assert_array_equal(params["layers_3"]["blocks"]["block1"]["attn"]["cpb_mlp"]["2"]["kernel"][0],
                                   tm.layers[3].blocks[1].attn.cpb_mlp[2].weight.detach().numpy().T)

@@ -410,7 +410,7 @@ def test_a_converted_classifier_directory_initialises_the_backbone(tmp_path):
     classifier = swin_jax.create_model(name, **overrides)
     checkpoint.save_pretrained(tmp_path / "cls", convert_state_dict(numpy_state(tm), classifier), name, overrides)
     model = ours("v1")
-    params = load_init(str(tmp_path / "cls"), model)
+    params = load_init(str(tmp_path / "cls"), model)["params"]
     want = convert_segmenter_state_dict(numpy_state(tm), model)["params"]
     chex.assert_trees_all_equal(params["backbone"], want["backbone"])
     np.testing.assert_array_equal(params["backbone"]["norm2"]["scale"], np.ones(64))
@@ -418,4 +418,4 @@ def test_a_converted_classifier_directory_initialises_the_backbone(tmp_path):
     seg = convert_segmenter_state_dict(numpy_state(hf_upernet("v1")), model)
     checkpoint.save_pretrained(tmp_path / "seg", seg, "upernet_swin_tiny_patch4_window7_224",
                                dict(img_size=64, **ARCH, channels=32, auxiliary_channels=16, num_classes=10))
-    chex.assert_trees_all_equal(load_init(str(tmp_path / "seg"), model), seg["params"])
+    chex.assert_trees_all_equal(load_init(str(tmp_path / "seg"), model), seg)  # batch_stats too
