@@ -104,7 +104,9 @@ def small():
 def test_jit_and_eager_agree(small):
     model, variables, x = small
     eager = model.apply(variables, x)
-    chex.assert_trees_all_close(jax.jit(model.apply)(variables, x), eager, rtol=1e-6, atol=1e-6)
+    # Under jit XLA fuses and reorders the float32 sums differently from op-by-op execution: a few ulps
+    # per op, which add up over the blocks to ~1e-6 on logits of order 1 (seen: 1.1e-6 on one of 20).
+    chex.assert_trees_all_close(jax.jit(model.apply)(variables, x), eager, rtol=1e-5, atol=1e-5)
 
 
 def test_masks_and_indices_are_built_once_not_per_call(small):
