@@ -2,12 +2,7 @@
 images, predict from the workdir), 1 device against 8, the ADE20K config on mocked scene_parse150,
 SIGTERM and resume."""
 
-import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
@@ -18,8 +13,8 @@ from swin_jax import data
 from swin_jax.train import sharding, train_and_evaluate
 from swin_jax.train.loop import build_model, build_training
 from swin_jax.train import optim
+import runs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(embed_dim=16, num_heads=(1, 2, 2, 4), channels=16, auxiliary_channels=8)
 TINY_FLAGS = [f"--config.model_overrides.{k}={v}" for k, v in TINY.items()] + [
     "--config.input.demo_train_scenes=64", "--config.input.demo_eval_scenes=10", "--config.input.eval_batch_size=10"]
@@ -33,11 +28,6 @@ def tiny_demo(**overrides):
     return config
 
 
-def _rows(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.endswith("\n")]
-
-
 def test_short_demo_learns_and_reports(tmp_path, capsys):
     """A short demo run: the loss falls, evaluation writes mIoU, mAcc, aAcc and per-class IoU rows, prints
     the table, puts image | truth | prediction into TensorBoard; predict reads the workdir."""
@@ -48,7 +38,7 @@ def test_short_demo_learns_and_reports(tmp_path, capsys):
                        log_every_steps=10))
     results = train_and_evaluate(config, workdir)
     out = capsys.readouterr().out
-    rows = _rows(workdir)
+    rows = runs.rows(workdir)
     losses = [r["train_loss"] for r in rows if "train_loss" in r]
     assert losses[-1] < 0.8 * losses[0]
     assert {"decode_loss", "auxiliary_loss"} <= set(rows[0])
@@ -117,46 +107,18 @@ def test_ade20k_config_runs_two_steps_on_mock_scene_parse150(tmp_path):
     config.update(dict(dataset="scene_parse150", init_from="", total_steps=2, batch_size=8, log_every_steps=1,
                        eval_every_steps=2, checkpoint_every_steps=2))
     config.input.update(dict(crop_size=(64, 64), scale=(128, 64), eval_scale=(128, 64), eval_batch_size=8,
-                             eval_pad_multiple=64))
+                             eval_pad_multiple=64, preview_images=0))  # previews: another Swin-T compilation
     with tfds.testing.mock_data(num_examples=8, max_value=150):  # class values 0..150, as ADE20K's
         results = train_and_evaluate(config, str(tmp_path / "ade"))
-    rows = _rows(tmp_path / "ade")
+    rows = runs.rows(tmp_path / "ade")
     assert [r["step"] for r in rows if "train_loss" in r] == [1, 2]
     assert rows[0]["lr"] == pytest.approx(6e-5 * 1e-6 * 8 / 16, rel=1e-3)  # warm-up from ratio 1e-6, per 16
     assert np.isfinite(results["eval_aacc"]) and "eval_iou/wall" in results
 
 
-def _start(workdir, steps):
+def test_sigterm_and_resume_give_the_uninterrupted_losses(tmp_path):
+    steps = 16
     flags = ["--config", "configs/demo_seg.py", f"--config.total_steps={steps}", "--config.log_every_steps=1",
              "--config.eval_every_steps=1000", "--config.checkpoint_every_steps=4", "--config.input.batch_size=4",
              "--config.input.preview_images=0", *TINY_FLAGS]
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "train.py", *flags, "--workdir", str(workdir)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def test_sigterm_and_resume_give_the_uninterrupted_losses(tmp_path):
-    steps = 16
-    interrupted = _start(tmp_path / "run", steps)
-    deadline = time.time() + 600
-    while not any(r.get("step", 0) >= 5 for r in (_rows(tmp_path / "run") if os.path.exists(
-            tmp_path / "run" / "metrics.jsonl") else [])):
-        assert interrupted.poll() is None and time.time() < deadline, interrupted.communicate()[1][-3000:]
-        time.sleep(0.05)
-    interrupted.send_signal(signal.SIGTERM)
-    out, err = interrupted.communicate(timeout=600)
-    assert interrupted.returncode == 0 and "stopping at step" in out, err[-3000:]
-    stopped = int(out.split("stopping at step ")[1].split()[0])
-    assert stopped < steps
-    reference = _start(tmp_path / "reference", steps)
-    out, err = reference.communicate(timeout=600)
-    assert reference.returncode == 0, err[-3000:]
-    expected = {r["step"]: r["train_loss"] for r in _rows(tmp_path / "reference") if "train_loss" in r}
-    before = len(_rows(tmp_path / "run"))
-    resumed = _start(tmp_path / "run", steps)
-    out, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err[-3000:]
-    assert f"resumed from the checkpoint of step {stopped}" in out
-    again = {r["step"]: r["train_loss"] for r in _rows(tmp_path / "run")[before:] if "train_loss" in r}
-    assert sorted(again) == list(range(stopped + 1, steps + 1))
-    assert again == {s: expected[s] for s in again}  # bitwise: the same batches, dropout and BatchNorm state
+    runs.check_sigterm_resume(flags, tmp_path, steps, after_step=5)  # dropout and BatchNorm state included
