@@ -25,16 +25,18 @@ def get_config():
     config.input.eval_pad_multiple = 32
     config.input.demo_train_scenes = 2000
     config.input.demo_eval_scenes = 200
-    config.model_overrides.update(dict(patch_size=2, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
-                                       window_size=6, drop_path_rate=0.1, channels=32, auxiliary_channels=16))
-    # Background is 91% of the pixels: at full weight a small model from scratch spends its first
-    # thousand steps predicting only background. mmseg's class_weight brings the digits in at once.
+    # Patch 4 (24x24 tokens) runs at about 65 scenes/s on two cores, patch 2 at 37; the rest of the
+    # budget goes into steps.
+    config.model_overrides.update(dict(patch_size=4, embed_dim=48, depths=(2, 2, 2, 2), num_heads=(2, 4, 8, 16),
+                                       window_size=6, drop_path_rate=0.0, channels=64, auxiliary_channels=32))
+    # Background is 91% of the pixels: mmseg's class_weight at 0.2 for it gives the digits' pixels as
+    # much weight in the loss as the background's.
     config.class_weight = (0.2,) + (1.0,) * 10
-    config.total_steps = 650
+    config.total_steps = 2000
     config.warmup_steps = 100
     config.base_lr = 2e-3  # from scratch: far above the fine-tuning recipe's 6e-5
     config.weight_decay = 0.01
     config.log_every_steps = 50
-    config.eval_every_steps = 325
-    config.checkpoint_every_steps = 325
+    config.eval_every_steps = 500
+    config.checkpoint_every_steps = 500
     return config
