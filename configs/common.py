@@ -45,7 +45,9 @@ def get_config(model: str = "swin_tiny_patch4_window7_224") -> ml_collections.Co
     config.eps = 1e-8
     config.clip_grad = 5.0  # global norm; 0 = off
     config.grad_accum_steps = 1
-    config.schedule = "cosine"  # 'poly': mmcv's poly schedule (dense prediction)
+    config.schedule = "cosine"  # 'poly': mmcv's poly schedule (dense prediction); 'multistep': SimMIM's
+    config.lr_milestones = ()  # multistep: epochs at which the rate is multiplied by lr_gamma
+    config.lr_gamma = 0.1
     config.warmup_steps = 0  # > 0 overrides warmup_epochs
     config.warmup_ratio = 1e-6  # poly: mmcv's linear warm-up starts at this fraction of the rate
     config.poly_power = 1.0

@@ -90,10 +90,11 @@ class TrainCheckpoints:
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, best_metric: str = "eval_top1"):
         from orbax.checkpoint import checkpoint_managers as policies
 
-        keep_policy = policies.AnyPreservationPolicy([
-            policies.LatestN(n=keep),
-            policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=True, n=1,
-                           keep_checkpoints_without_metrics=False)])
+        keep = [policies.LatestN(n=keep)]
+        if best_metric:  # a task without one (SimMIM pre-training) keeps the latest steps only
+            keep.append(policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=True, n=1,
+                                       keep_checkpoints_without_metrics=False))
+        keep_policy = policies.AnyPreservationPolicy(keep)
         options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
                                                preservation_policy=keep_policy)
         self.directory = os.path.abspath(os.fspath(directory))

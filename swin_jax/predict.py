@@ -2,10 +2,13 @@
 
   python -m swin_jax.predict --checkpoint DIR_OR_FILE [--model NAME] [--crop-pct P] IMAGE...
   python -m swin_jax.predict --checkpoint SEGMENTER image.jpg --output mask.png [--mode slide] [--flip]
+  python -m swin_jax.predict --checkpoint SIMMIM image.jpg --output reconstruction.png [--mask-seed 0]
 
 A classifier prints the top-5 classes. A segmenter (UPerNet) writes the colour-coded mask (ADE20K's
 palette) to --output and an overlay on the image beside it (NAME_overlay.png), and prints the share of
-the image each class covers. Images go through the evaluation transforms of the training pipeline
+the image each class covers. A SimMIM model masks the image (the training config's mask cells and
+ratio, drawn from --mask-seed) and writes original | masked | reconstruction to --output, printing the
+reconstruction loss. Images go through the evaluation transforms of the training pipeline
 (swin_jax.data.transforms, swin_jax.data.segmentation), so a prediction here and an evaluation in
 train.py see the same pixels.
 """
@@ -89,6 +92,17 @@ def load(path: str, model_name: str | None):
         model, variables, _ = checkpoint.load_pretrained(path)
         return model, variables
     state = read_state_dict(path)
+    from swin_jax.convert import simmim
+
+    if simmim.is_mim_state(state):
+        found = layouts.describe(layouts.to_timm_layout(simmim.split_mim_state(state, path)[0])[1])
+        if not model_name:
+            matches = registry.matching_models(found)
+            if not matches:
+                raise ConversionError(f"{path}: no registered model has its encoder's shapes; pass --model")
+            model_name = registry.MIM_PREFIX + matches[0]
+        model = create_model(model_name)
+        return model, simmim.convert_mim_state_dict(state, model, source=path)
     found = layouts.describe(layouts.to_timm_layout(state)[1])
     if not model_name:
         matches = registry.matching_models(found)
@@ -177,13 +191,16 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=5)
     segmenting = parser.add_argument_group("segmenters")
     segmenting.add_argument("--output", help="the colour-coded mask (PNG); NAME_overlay.png goes beside it. "
-                            "With several images, a folder for IMAGE_mask.png and IMAGE_overlay.png")
+                            "With several images, a folder for IMAGE_mask.png and IMAGE_overlay.png. "
+                            "SimMIM: the original | masked | reconstruction PNG")
     segmenting.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
                             help="evaluation resize keeping the ratio (default: the training config's, else 2048 512)")
     segmenting.add_argument("--mode", choices=("whole", "slide"), default="whole")
     segmenting.add_argument("--crop", type=int, default=512, help="slide: window size")
     segmenting.add_argument("--stride", type=int, default=341, help="slide: window stride")
     segmenting.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    masking = parser.add_argument_group("SimMIM models")
+    masking.add_argument("--mask-seed", type=int, default=0, help="the random mask's seed")
     parser.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
     try:
@@ -194,6 +211,8 @@ def main(argv=None) -> int:
             model, variables = load(args.checkpoint, args.model)
         if hasattr(model, "backbone"):
             return _segment_main(args, model, variables, config)
+        if hasattr(model, "encoder"):
+            return _reconstruct_main(args, model, variables, config)
         size = model.input_hw[0]
         batch = []
         for path in args.images:
@@ -210,6 +229,42 @@ def main(argv=None) -> int:
         print(os.fspath(path))
         for i in np.argsort(-p)[:args.top]:
             print(f"  {p[i]:7.2%}  {names[i]}")
+    return 0
+
+
+def _reconstruct_main(args, model, variables, config) -> int:
+    from PIL import Image
+
+    from swin_jax.data.on_device import simmim_masks
+    from swin_jax.tasks.simmim import triptych
+
+    if not args.output:
+        print("error: a SimMIM model needs --output (where original | masked | reconstruction goes)",
+              file=sys.stderr)
+        return 1
+    cells = (config.input.mask_patch_size, config.input.mask_ratio) if config is not None else (32, 0.6)
+    size = model.input_hw[0]
+    rows, apply_fn = [], jax.jit(model.apply)
+    for i, path in enumerate(args.images):
+        if not os.path.isfile(path):
+            print(f"error: {path}: no such image file", file=sys.stderr)
+            return 1
+        try:
+            x = preprocess(path, size, args.crop_pct)[None]
+            mask = simmim_masks(jax.random.fold_in(jax.random.key(args.mask_seed), i), 1, size,
+                                mask_patch_size=cells[0], model_patch_size=model.patch_size, ratio=cells[1])
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        out = apply_fn(variables, x, mask)
+        reconstruction = np.asarray(out["reconstruction"])
+        if model.norm_target_window:  # normalised targets: back with the image's own statistics, roughly
+            reconstruction = reconstruction * x.std(axis=(1, 2), keepdims=True) + x.mean(axis=(1, 2), keepdims=True)
+        rows.append(triptych(x, np.asarray(mask), reconstruction, model.patch_size)[0])
+        print(f"{path}: reconstruction loss (masked L1) {float(out['loss']):.4f}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(args.output)
+    print(f"original | masked | reconstruction: {args.output}")
     return 0
 
 

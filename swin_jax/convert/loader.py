@@ -65,12 +65,21 @@ FLAX_NAMES = Naming(lambda path: "/".join(path), lambda path, shape: tuple(shape
 
 
 def convert_state_dict(state: dict, model: Swin, *, class_map: np.ndarray | None = None,
-                       source: str = "checkpoint") -> dict:
+                       source: str = "checkpoint", encoder_of_mim: bool = False) -> dict:
     """A PyTorch Swin state dict (any of the three layouts) -> Flax variables for `model`: renamed to our
-    parameter paths, then fitted to the model by `fit_params`."""
+    parameter paths, then fitted to the model by `fit_params`. A SimMIM checkpoint gives its encoder
+    only with `encoder_of_mim` (fine-tuning from it: config.init_from); otherwise it is an error."""
+    from swin_jax.convert import simmim
+
     if any(k.startswith(("decode_head.", "auxiliary_head.")) for k in state):
         raise ConversionError(f"{source} holds a UPerNet segmenter (decode_head.*), and {registry.describe(model)} is "
                               f"a classifier: create the model as 'upernet_' + its name")
+    if simmim.is_mim_state(state):
+        if not encoder_of_mim:
+            raise ConversionError(f"{source} holds a SimMIM model (mask token, decoder.0.*), and "
+                                  f"{registry.describe(model)} is a classifier: load it into 'simmim_' + its name, "
+                                  f"or fine-tune from its encoder with config.init_from")
+        state = simmim.encoder_state(state, source)
     layout, state, buffers = layouts.to_timm_layout(state)
     _check_relative_index(buffers, source)
     tensors = {}
@@ -124,19 +133,44 @@ def fit_params(tensors: dict, model: Swin, *, class_map: np.ndarray | None = Non
     return {"params": stack_blocks(tree) if model.scan_blocks else tree}
 
 
-def load_weights(path: str, model: Swin, *, class_map: np.ndarray | None = None) -> dict:
-    """Flax variables for `model` from a converted directory (`python -m swin_jax.convert`) or a PyTorch
-    checkpoint file, fitted to it as `fit_params` says: another window, resolution or head works."""
+def saved_model(path: str):
+    """(model, variables) of a converted directory or a train.py workdir (its best or latest step), else None."""
     from swin_jax import checkpoint
+    from swin_jax.predict import is_training_workdir, load_workdir
+
+    if checkpoint.is_pretrained_dir(path):
+        return checkpoint.load_pretrained(path)[:2]
+    if is_training_workdir(path):
+        model, variables, _ = load_workdir(path)
+        return model, jax.device_get(variables)  # host arrays: the caller may be inside another mesh
+    return None
+
+
+def load_weights(path: str, model: Swin, *, class_map: np.ndarray | None = None) -> dict:
+    """Flax variables for `model` from a converted directory (`python -m swin_jax.convert`), a train.py
+    workdir or a PyTorch checkpoint file, fitted to it as `fit_params` says: another window, resolution
+    or head works; a SimMIM model gives its encoder."""
     from swin_jax.models.upernet import UPerNet
+
+    from swin_jax.models.simmim import SimMIM
 
     if isinstance(model, UPerNet):
         from swin_jax.convert.segmentation import load_segmenter_weights
 
         return load_segmenter_weights(path, model)
-    if checkpoint.is_pretrained_dir(path):
-        source, variables, _ = checkpoint.load_pretrained(path)
+    if isinstance(model, SimMIM):
+        from swin_jax.convert.simmim import load_mim_weights
+
+        return load_mim_weights(path, model)
+    saved = saved_model(path)
+    if saved:
+        source, variables = saved
         params = variables["params"]
+        if isinstance(source, UPerNet):
+            raise ConversionError(f"{path} holds {registry.describe(source)}; a classifier cannot start from it")
+        if isinstance(source, SimMIM):
+            log.warning("%s is a SimMIM model: only its encoder is taken (mask token and decoder left out)", path)
+            source, params = source.encoder, {k: v for k, v in params["encoder"].items() if k != "mask_token"}
         tensors = flatten_dict(jax.device_get(unstack_blocks(params) if source.scan_blocks else params))
         found = {f: getattr(source, f) for f in registry.SHAPE_FIELDS}
         found["version"] = registry.version(source)
@@ -144,7 +178,8 @@ def load_weights(path: str, model: Swin, *, class_map: np.ndarray | None = None)
     if not os.path.isfile(path):
         raise ConversionError(f"{path} is neither a converted model directory (config.json and params/) nor a "
                               f"checkpoint file")
-    return load_pytorch_checkpoint(path, model, class_map=class_map)
+    return convert_state_dict(read_state_dict(path), model, class_map=class_map, source=str(path),
+                              encoder_of_mim=True)
 
 
 def _fit(path, key, value, shape, class_map):
@@ -199,13 +234,18 @@ def _check_relative_index(buffers: dict, source: str):
 
 def load_pytorch_checkpoint(path, model, *, class_map=None) -> dict:
     """Flax variables for `model` from a PyTorch Swin checkpoint file (.pth/.pt/.bin/.safetensors); for a
-    UPerNet segmenter, `segmentation.load_segmenter_checkpoint`'s."""
+    UPerNet segmenter, `segmentation.load_segmenter_checkpoint`'s; for SimMIM, `simmim.load_mim_checkpoint`'s."""
+    from swin_jax.models.simmim import SimMIM
     from swin_jax.models.upernet import UPerNet
 
     if isinstance(model, UPerNet):
         from swin_jax.convert.segmentation import load_segmenter_checkpoint
 
         return load_segmenter_checkpoint(path, model)
+    if isinstance(model, SimMIM):
+        from swin_jax.convert.simmim import load_mim_checkpoint
+
+        return load_mim_checkpoint(path, model)
     return convert_state_dict(read_state_dict(path), model, class_map=class_map, source=str(path))
 
 

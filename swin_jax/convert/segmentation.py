@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from swin_jax.convert import layouts
+from swin_jax.convert import layouts, simmim
 from swin_jax.convert.loader import accounting_error, convert_state_dict, export_timm_state_dict
 from swin_jax.convert.reader import ConversionError, read_state_dict
 from swin_jax.models import registry
@@ -105,6 +105,8 @@ def convert_segmenter_state_dict(state: dict, model: UPerNet, *, source: str = "
     with a warning."""
     if not isinstance(model, UPerNet):
         raise TypeError(f"convert_segmenter_state_dict needs a UPerNet model, got {type(model).__name__}")
+    if simmim.is_mim_state(state):  # its encoder is a classifier without a head
+        state = simmim.encoder_state(state, source)
     backbone_state, head_state, kind = split_segmenter_state(state, source, backbone_only)
     if require_heads and kind != "segmenter":
         raise ConversionError(f"{source} holds a {kind} checkpoint, no UPerNet heads (decode_head.*) for "
@@ -195,19 +197,19 @@ def _huggingface_block_key(rest: str, v2: bool) -> str:
     return rest
 
 
-def export_huggingface_upernet(variables: dict, model: UPerNet) -> dict[str, np.ndarray]:
-    """Segmenter variables -> the state dict of Hugging Face's UperNetForSemanticSegmentation (float32
-    numpy; BatchNorm counters 0), which `load_state_dict` takes strictly. V1 gets the final LayerNorm
-    HF's SwinModel carries but never applies (ones and zeros)."""
-    v2 = not model.backbone.out_norm
-    top = "backbone." if v2 else "backbone.swin."
+def huggingface_swin_keys(timm: dict, top: str, v2: bool, stage_norms: str = "") -> dict[str, np.ndarray]:
+    """A timm-layout Swin state dict in Hugging Face's names under `top` ("swin.", "backbone.", ...):
+    SwinModel's / Swinv2Model's embeddings, encoder layers (patch merging at the end of a stage, split
+    q/k/v) and final `layernorm`; stage-map norms `normI` under `stage_norms` + "stage{I+1}"."""
     out = {}
-    for key, value in export_timm_state_dict({"params": variables["params"]["backbone"]}, model.backbone).items():
+    for key, value in timm.items():
         key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) - 1}.downsample", key)
         norm = re.match(r"^norm(\d+)\.(weight|bias)$", key)
         block = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(.*)$", key)
         if norm:
-            out[f"backbone.hidden_states_norms.stage{int(norm[1]) + 1}.{norm[2]}"] = value
+            out[f"{stage_norms}stage{int(norm[1]) + 1}.{norm[2]}"] = value
+        elif key.startswith("norm."):
+            out[top + "layernorm." + key.rsplit(".", 1)[1]] = value
         elif key.startswith("patch_embed.proj."):
             out[top + "embeddings.patch_embeddings.projection." + key.rsplit(".", 1)[1]] = value
         elif key.startswith("patch_embed.norm."):
@@ -221,6 +223,17 @@ def export_huggingface_upernet(variables: dict, model: UPerNet) -> dict[str, np.
             out[f"{top}encoder.layers.{block[1]}.blocks.{block[2]}.{_huggingface_block_key(block[3], v2)}"] = value
         else:
             out[top + "encoder." + key] = value
+    return out
+
+
+def export_huggingface_upernet(variables: dict, model: UPerNet) -> dict[str, np.ndarray]:
+    """Segmenter variables -> the state dict of Hugging Face's UperNetForSemanticSegmentation (float32
+    numpy; BatchNorm counters 0), which `load_state_dict` takes strictly. V1 gets the final LayerNorm
+    HF's SwinModel carries but never applies (ones and zeros)."""
+    v2 = not model.backbone.out_norm
+    top = "backbone." if v2 else "backbone.swin."
+    timm = export_timm_state_dict({"params": variables["params"]["backbone"]}, model.backbone)
+    out = huggingface_swin_keys(timm, top, v2, stage_norms="backbone.hidden_states_norms.")
     if not v2:
         out[top + "layernorm.weight"] = np.ones(model.backbone.num_features, np.float32)
         out[top + "layernorm.bias"] = np.zeros(model.backbone.num_features, np.float32)
@@ -235,16 +248,16 @@ def export_huggingface_upernet(variables: dict, model: UPerNet) -> dict[str, np.
 
 
 def load_segmenter_weights(path: str, model: UPerNet) -> dict:
-    """Variables for a segmenter from a PyTorch file or a converted directory (`python -m
-    swin_jax.convert`): a segmenter's directory gives everything, a classifier's its backbone (fitted
+    """Variables for a segmenter from a PyTorch file, a converted directory (`python -m swin_jax.convert`)
+    or a train.py workdir: a segmenter's gives everything, a classifier's (or SimMIM's encoder) its backbone (fitted
     as `fit_params` fits, its final norm and head left out; stage-map norms and heads fresh)."""
-    from swin_jax import checkpoint
-    from swin_jax.convert.loader import fit_params
+    from swin_jax.convert.loader import fit_params, saved_model
     from swin_jax.models.swin import unstack_blocks
 
-    if not checkpoint.is_pretrained_dir(path):
+    saved = saved_model(path)
+    if saved is None:
         return load_segmenter_checkpoint(path, model)
-    source, variables, _ = checkpoint.load_pretrained(path)
+    source, variables = saved
     if isinstance(source, UPerNet):
         target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *model.input_hw, model.in_chans))))
         same = jax.tree.structure(target) == jax.tree.structure(variables) and all(
@@ -253,15 +266,18 @@ def load_segmenter_weights(path: str, model: UPerNet) -> dict:
             raise ConversionError(f"{path} holds {describe(source)}, whose tensors do not fit {describe(model)}")
         return variables
     params = variables["params"]
+    if isinstance(source, simmim.SimMIM):
+        log.warning("%s is a SimMIM model: only its encoder is taken (mask token and decoder left out)", path)
+        source, params = source.encoder, params["encoder"]
     tensors = flatten_dict(jax.device_get(unstack_blocks(params) if source.scan_blocks else params))
-    tensors = {p: v for p, v in tensors.items() if p[0] not in ("head", "norm")}
+    tensors = {p: v for p, v in tensors.items() if p[0] not in ("head", "norm", "mask_token")}
     fresh = []
     for name, (scale, bias) in fresh_stage_norms(model).items():
         if (name, "scale") not in tensors:
             tensors[(name, "scale")], tensors[(name, "bias")] = scale, bias
             fresh.append(name)
     backbone = fit_params(tensors, model.backbone, source=f"{path} (backbone)")["params"]
-    log.warning("%s is a classifier: the backbone comes from it (stage-map norms %s freshly initialised); "
+    log.warning("%s: the backbone comes from it (stage-map norms %s freshly initialised); "
                 "decode_head and auxiliary_head are freshly initialised", path, ", ".join(fresh) or "none")
     heads = model.init_heads(jax.random.key(0))
     return {"params": {**heads["params"], "backbone": backbone}, "batch_stats": heads["batch_stats"]}

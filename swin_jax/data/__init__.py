@@ -11,7 +11,7 @@ from swin_jax.data.config import default_config, segmentation_config
 _MODULE_OF = {"DataError": "sources", "Input": "pipeline", "eval_input": "pipeline", "to_global": "pipeline",
               "train_input": "pipeline", "segmentation_train_input": "pipeline",
               "segmentation_eval_input": "pipeline", "segmentation_batch": "on_device", "mix": "on_device", "normalize": "on_device",
-              "random_erasing": "on_device", "smooth_one_hot": "on_device", "train_batch": "on_device"}
+              "random_erasing": "on_device", "simmim_masks": "on_device", "smooth_one_hot": "on_device", "train_batch": "on_device"}
 
 __all__ = ["default_config", "segmentation_config", *_MODULE_OF]
 

@@ -44,6 +44,12 @@ def default_config() -> ml_collections.ConfigDict:
     # evaluation split is two batches: it exercises the code, its numbers mean nothing.
     c.num_classes = 1000
     c.synthetic_examples = 1_281_167
+    c.demo_train_examples = 0  # dataset 'demo': > 0 trains on the first N of the 1437 training digits only
+    # SimMIM pre-training (task 'simmim'): the official MaskGenerator's cells and ratio; previews of
+    # original | masked | reconstruction in TensorBoard at every evaluation.
+    c.mask_patch_size = 32
+    c.mask_ratio = 0.6
+    c.preview_images = 4
     c.lock()  # a misspelt field is an error, not a silently added one
     return c
 

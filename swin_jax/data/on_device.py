@@ -137,3 +137,28 @@ def segmentation_batch(images: jax.Array, valid: jax.Array, dtype=jnp.float32) -
     rows = jnp.arange(x.shape[1])[None, :, None] < valid[:, 0, None, None]
     cols = jnp.arange(x.shape[2])[None, None, :] < valid[:, 1, None, None]
     return jnp.where((rows & cols)[..., None], x, 0.0).astype(dtype)
+
+
+def simmim_mask_count(input_size: int, mask_patch_size: int, model_patch_size: int, ratio: float) -> tuple[int, int]:
+    """(cells per side, masked cells) of the official SimMIM MaskGenerator: the image is cut into
+    mask_patch_size cells, ceil(cells * ratio) of them are masked. Sizes that do not divide are errors."""
+    if input_size % mask_patch_size:
+        raise ValueError(f"mask_patch_size={mask_patch_size} does not divide the input size {input_size}")
+    if mask_patch_size % model_patch_size:
+        raise ValueError(f"the model's patch size {model_patch_size} does not divide mask_patch_size={mask_patch_size}")
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"mask_ratio={ratio} must lie strictly between 0 and 1")
+    side = input_size // mask_patch_size
+    return side, int(math.ceil(side * side * ratio))
+
+
+def simmim_masks(rng: jax.Array, batch: int, input_size: int, *, mask_patch_size: int = 32,
+                 model_patch_size: int = 4, ratio: float = 0.6) -> jax.Array:
+    """SimMIM masks (batch, input / model_patch, input / model_patch), bool: per image exactly
+    ceil(cells * ratio) of the mask_patch_size cells, uniformly at random (a random permutation's first
+    ones, as the official MaskGenerator), each repeated over the model patches it covers."""
+    side, count = simmim_mask_count(input_size, mask_patch_size, model_patch_size, ratio)
+    ranks = jnp.argsort(jnp.argsort(jax.random.uniform(rng, (batch, side * side)), axis=1), axis=1)
+    cells = (ranks < count).reshape(batch, side, side)
+    scale = mask_patch_size // model_patch_size
+    return jnp.repeat(jnp.repeat(cells, scale, axis=1), scale, axis=2)

@@ -213,8 +213,14 @@ def demo_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[take], digits.target[take].astype(np.int64)
 
 
-def demo_split(split: str, *, process_index: int, process_count: int) -> Split:
+def demo_split(split: str, *, process_index: int, process_count: int, limit: int = 0) -> Split:
+    """The demo digits of `split`; `limit` > 0 keeps the first `limit` of them (a fixed subset: the
+    labelled share of a fine-tuning experiment)."""
     images, labels = demo_arrays(split)
+    if limit < 0 or limit > len(images):
+        raise DataError(f"the demo {split} split has {len(images)} images; cannot keep {limit} of them")
+    if limit:
+        images, labels = images[:limit], labels[:limit]
     local, largest = _shares(len(images), process_index, process_count)
     dataset = tf.data.Dataset.from_tensor_slices({"image": images[process_index::process_count],
                                                   "label": labels[process_index::process_count]})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 
 from swin_jax.models.swin import Swin, SwinTransformer, config_fields
+from swin_jax.models.simmim import SimMIM
 from swin_jax.models.swin_v2 import SwinTransformerV2
 from swin_jax.models.upernet import UPerNet
 
@@ -114,11 +115,46 @@ def create_segmenter(name: str, num_classes: int = 150, **overrides) -> UPerNet:
     return UPerNet(model_class(backbone_name)(**config), num_classes=num_classes, **heads)
 
 
-def create_model(name: str, **overrides) -> Swin | UPerNet:
+# SimMIM: "simmim_" + any backbone name; the official pre-training configs (configs/simmim/) as short
+# names: Swin-B at 192 with window 6 and drop path 0, SwinV2-B at 192 with window 12 and drop path 0.1.
+MIM_PREFIX = "simmim_"
+MIM_MODELS: dict[str, tuple[str, dict]] = {
+    "simmim_swin_base_img192_window6": ("swin_base_patch4_window7_224",
+                                        dict(img_size=192, window_size=6, drop_path_rate=0.0)),
+    "simmim_swinv2_base_img192_window12": ("swinv2_base_window12_192", dict(drop_path_rate=0.1)),
+}
+MIM_FIELDS = ("norm_target_window",)
+
+
+def create_mim(name: str, **overrides) -> SimMIM:
+    """SimMIM on a Swin encoder: "simmim_" + a backbone name, or an official config's short name.
+    `norm_target_window` goes to SimMIM, dtype / param_dtype to both, the rest to the encoder."""
+    if name in MIM_MODELS:
+        backbone_name, backbone_overrides = MIM_MODELS[name]
+    else:
+        backbone_name, backbone_overrides = name[len(MIM_PREFIX):], {}
+        if backbone_name not in MODELS:
+            close = [MIM_PREFIX + m for m in close_names(backbone_name)] + [m for m in MIM_MODELS if m.startswith(name)]
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown SimMIM model {name!r}: 'simmim_' + a backbone name or one of "
+                             f"{', '.join(MIM_MODELS)}.{hint}")
+    mim = {k: overrides.pop(k) for k in MIM_FIELDS if k in overrides}
+    for k in ("dtype", "param_dtype"):
+        if k in overrides:
+            mim[k] = overrides[k]
+    config = model_config(backbone_name, **{**backbone_overrides, **overrides})
+    config.update(num_classes=0, global_pool=False, use_mask_token=True)
+    return SimMIM(model_class(backbone_name)(**config), **mim)
+
+
+def create_model(name: str, **overrides) -> Swin | UPerNet | SimMIM:
     """A Swin model by timm name, e.g. create_model("swin_tiny_patch4_window7_224", num_classes=10);
-    the V2 names (swinv2_*) give a SwinTransformerV2, "upernet_" + a name a segmenter (`create_segmenter`)."""
+    the V2 names (swinv2_*) give a SwinTransformerV2, "upernet_" + a name a segmenter (`create_segmenter`),
+    "simmim_" + a name a masked-image model (`create_mim`)."""
     if name.startswith(SEGMENTER_PREFIX):
         return create_segmenter(name, **overrides)
+    if name.startswith(MIM_PREFIX):
+        return create_mim(name, **overrides)
     return model_class(name)(**model_config(name, **overrides))
 
 
@@ -155,12 +191,14 @@ def _same(a, b) -> bool:
     return (tuple(a) if isinstance(a, (list, tuple)) else a) == (tuple(b) if isinstance(b, (list, tuple)) else b)
 
 
-def describe(model: Swin | UPerNet) -> str:
+def describe(model: Swin | UPerNet | SimMIM) -> str:
     """The model's registered name (when its architecture is one) and its hyper-parameters, for messages:
     'swin_tiny_patch4_window7_224 (Swin V1, embed_dim=96, depths=(2, 2, 6, 2), ...)'; a segmenter's
-    'UPerNet (150 classes) on ...'."""
+    'UPerNet (150 classes) on ...', a masked-image model's 'SimMIM on ...'."""
     if isinstance(model, UPerNet):
         return f"UPerNet ({model.num_classes} classes) on {describe(model.backbone)}"
+    if isinstance(model, SimMIM):
+        return f"SimMIM on {describe(model.encoder)}"
     fields = {f: getattr(model, f) for f in SHAPE_FIELDS}
     summary = (f"embed_dim={model.embed_dim}, depths={tuple(model.depths)}, "
                f"num_heads={tuple(model.num_heads)}, window_size={model.window_size}, patch_size={model.patch_size}, "

@@ -259,6 +259,11 @@ class Swin(nn.Module):
     - num_classes > 0: logits (float32); num_classes == 0: the pooled, normalised features.
     - out_indices set: the dense backbone; returns the listed stage maps (NHWC), each through its
       own LayerNorm when `out_norm` is true, as the official detection/segmentation backbones.
+    - global_pool false (num_classes 0): the last stage map through the final norm, (B, h, w, C): the
+      SimMIM encoder's output.
+    `use_mask_token` adds SimMIM's learned `mask_token`; `apply(variables, x, mask=m)` with `m` a
+    boolean (B, H / patch, W / patch) array replaces the masked patch embeddings by it, after the patch
+    embedding's norm and before the position embedding, as the official `SwinTransformerForSimMIM`.
     `partition` says how a stage's window and shift follow its map: "per_map" (Hugging Face's SwinModel)
     decides from the map each block is called on; "per_img_size" (the official classifiers, timm's V2,
     Hugging Face's Swinv2) decides once, from the map at img_size, and keeps that at every input size;
@@ -289,6 +294,8 @@ class Swin(nn.Module):
     patch_norm: bool = True
     out_indices: Sequence[int] | None = None
     out_norm: bool = True
+    global_pool: bool = True
+    use_mask_token: bool = False
     partition: str = "per_map"
     scan_blocks: bool = True
     scan_unroll: int | bool = 1  # lax.scan's `unroll` for the block pairs (the parameters stay stacked)
@@ -334,6 +341,8 @@ class Swin(nn.Module):
             bad = [i for i in self.out_indices if not 0 <= i < len(self.depths)]
             if bad or not self.out_indices:
                 self._fail("out_indices", f"must list stages in 0..{len(self.depths) - 1}")
+        if not self.global_pool and (self.num_classes or self.out_indices is not None):
+            self._fail("global_pool", "False (the unpooled final map) needs num_classes=0 and no out_indices")
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -372,7 +381,7 @@ class Swin(nn.Module):
         return self.embed_dim * 2 ** (len(self.depths) - 1)
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False):
+    def __call__(self, x: jnp.ndarray, train: bool = False, mask: jnp.ndarray | None = None):
         if x.ndim != 4:
             raise ValueError(f"expected images of shape (batch, height, width, {self.in_chans}) (NHWC), "
                              f"got shape {x.shape}")
@@ -382,6 +391,15 @@ class Swin(nn.Module):
         x = jnp.asarray(x, self.dtype)
         x = PatchEmbed(self.patch_size, self.embed_dim, self.patch_norm, self.dtype, self.param_dtype,
                        name="patch_embed")(x)
+        if self.use_mask_token:
+            token = self.param("mask_token", trunc_normal(), (self.embed_dim,), self.param_dtype)
+            if mask is not None:
+                self._check_mask(mask, x.shape[:3])
+                w = mask[..., None].astype(self.dtype)
+                x = x * (1.0 - w) + token.astype(self.dtype) * w
+        elif mask is not None:
+            raise ValueError(f"{type(self).__name__} got a mask but has no mask token: build it with "
+                             f"use_mask_token=True (create_model('simmim_' + name))")
         if self.ape:
             grid = self.patch_grid
             pos = self.param("absolute_pos_embed", trunc_normal(), (1, *grid, self.embed_dim), self.param_dtype)
@@ -415,12 +433,22 @@ class Swin(nn.Module):
             return tuple(outs)
 
         x = layer_norm("norm", self.dtype, self.param_dtype)(x)
+        if not self.global_pool:
+            return x
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if not self.num_classes:
             return x
         x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
         x = dense(self.num_classes, "head", self.dtype, self.param_dtype)(x.astype(self.dtype))
         return x.astype(jnp.float32)
+
+
+    def _check_mask(self, mask: jnp.ndarray, grid: tuple[int, int, int]) -> None:
+        if mask.dtype != jnp.bool_:
+            raise ValueError(f"mask must be boolean (True = masked patch), got dtype {mask.dtype}")
+        if tuple(mask.shape) != tuple(grid):
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit the patch grid: expected "
+                             f"(batch, height / {self.patch_size}, width / {self.patch_size}) = {tuple(grid)}")
 
 
 class SwinTransformer(Swin):

@@ -95,7 +95,11 @@ def _check(config) -> None:
 
 
 def _depths(model):
-    return model.backbone.depths if hasattr(model, "backbone") else model.depths
+    """The stage depths of the Swin inside a classifier, a segmenter (backbone) or SimMIM (encoder)."""
+    for part in ("backbone", "encoder"):
+        if hasattr(model, part):
+            return getattr(model, part).depths
+    return model.depths
 
 
 def build_training(config, model, lr: optim.Schedule, mesh, num_classes: int):

@@ -73,26 +73,55 @@ class PolySchedule:
         return jnp.where(step < self.warmup_steps, regular * factor, regular)
 
 
+@dataclasses.dataclass(frozen=True)
+class MultiStepSchedule:
+    """The official SimMIM pre-training schedule (lr_scheduler.py's MultiStepLRScheduler, per step): a
+    linear warm-up from warmup_lr over warmup_steps, then peak_lr * gamma ** (milestones passed), the
+    milestones counted in steps from the start of the run."""
+    peak_lr: float
+    warmup_lr: float
+    warmup_steps: int
+    milestones: tuple[int, ...]
+    gamma: float
+
+    def __call__(self, step):
+        step = jnp.asarray(step, jnp.float32)
+        passed = sum((step >= m).astype(jnp.float32) for m in self.milestones) if self.milestones else 0.0
+        regular = self.peak_lr * self.gamma ** passed
+        if not self.warmup_steps:
+            return regular
+        warmup = self.warmup_lr + (self.peak_lr - self.warmup_lr) * step / self.warmup_steps
+        return jnp.where(step < self.warmup_steps, warmup, regular)
+
+
 def scaled_lr(lr: float, config) -> float:
     """The official linear scaling: lr * global batch * accumulation steps / 512."""
     return lr * config.batch_size * config.grad_accum_steps / config.lr_base_batch_size
 
 
-def schedule(config, total_steps: int, steps_per_epoch: int) -> Schedule | PolySchedule:
+def schedule(config, total_steps: int, steps_per_epoch: int) -> Schedule | PolySchedule | MultiStepSchedule:
     """The schedule over `total_steps` optimiser updates. Warm-up lasts `warmup_steps` if set, else
     warmup_epochs; when total_steps overrides the epochs, warm-up keeps its share of the run
     (warmup_epochs / epochs)."""
     updates_per_epoch = max(steps_per_epoch // config.grad_accum_steps, 1)
     updates = max(total_steps // config.grad_accum_steps, 1)
     kind = config.get("schedule", "cosine")
-    if kind not in ("cosine", "poly"):
-        raise ValueError(f"config.schedule={kind!r}: must be 'cosine' or 'poly'")
+    if kind not in ("cosine", "poly", "multistep"):
+        raise ValueError(f"config.schedule={kind!r}: must be 'cosine', 'poly' or 'multistep'")
     if config.get("warmup_steps", 0):
         warmup = config.warmup_steps // config.grad_accum_steps
     elif config.total_steps:
         warmup = int(updates * config.warmup_epochs / config.epochs)
     else:
         warmup = int(config.warmup_epochs * updates_per_epoch)
+    if kind == "multistep":  # milestones in epochs, as the official MULTISTEPS
+        milestones = tuple(int(e * updates_per_epoch) for e in config.lr_milestones)
+        if milestones and min(milestones) < warmup:
+            raise ValueError(f"config.lr_milestones={tuple(config.lr_milestones)}: the first milestone falls inside "
+                             f"the {warmup}-step warm-up")
+        return MultiStepSchedule(peak_lr=scaled_lr(config.base_lr, config),
+                                 warmup_lr=scaled_lr(config.warmup_lr, config), warmup_steps=warmup,
+                                 milestones=milestones, gamma=config.lr_gamma)
     if kind == "poly":
         return PolySchedule(peak_lr=scaled_lr(config.base_lr, config), min_lr=scaled_lr(config.min_lr, config),
                             power=config.poly_power, warmup_steps=warmup, warmup_ratio=config.warmup_ratio,
