@@ -269,40 +269,6 @@ def test_names_and_parameter_counts():
         swin_jax.create_model("upernet_swin_tny")
 
 
-def test_batch_statistics_over_the_global_batch_on_eight_devices():
-    """A train-mode step under jit with the batch split over 8 devices gives the statistics, loss and
-    gradients of one device: BatchNorm reduces over the global batch (SyncBN), not each device's share."""
-    from swin_jax.train import sharding
-
-    model = ours("v1", dropout_rate=0.0)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-    x = images(8, 64, 64, seed=3)
-    labels = np.random.RandomState(0).randint(0, 10, (8, 64, 64))
-
-    def step(params, stats, x, labels):
-        def loss(params):
-            (main, aux), state = model.apply({"params": params, "batch_stats": stats}, x, train=True,
-                                             mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
-            onehot = jax.nn.one_hot(labels, 10)
-            ce = lambda logits: -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(logits), -1))  # noqa: E731
-            return ce(main) + 0.4 * ce(aux), state["batch_stats"]
-        return jax.value_and_grad(loss, has_aux=True)(params)
-
-    results = []
-    for devices in (jax.devices()[:1], jax.devices()):
-        mesh = sharding.make_mesh(devices)
-        with jax.set_mesh(mesh):
-            batch = jax.device_put((x, labels), sharding.batch_sharding(mesh))
-            results.append(jax.device_get(jax.jit(step)(variables["params"], variables["batch_stats"], *batch)))
-    (loss_1, stats_1), grads_1 = results[0]
-    (loss_8, stats_8), grads_8 = results[1]
-    np.testing.assert_allclose(loss_8, loss_1, rtol=1e-6)
-    chex.assert_trees_all_close(stats_8, stats_1, rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_close(grads_8, grads_1, rtol=1e-4, atol=1e-6)
-    # The statistics moved (from 0 and 1) by a tenth of the batch's.
-    assert float(np.abs(stats_1["decode_head"]["fpn_bottleneck"]["bn"]["mean"]).max()) > 1e-3
-
-
 def test_slide_windows_and_averaging():
     from swin_jax.models.upernet import segment_logits, segment_probabilities, slide_windows
 
