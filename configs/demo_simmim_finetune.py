@@ -1,7 +1,7 @@
 """Fine-tuning the demo Swin on 10% of the labelled training digits (the first 144 of 1437), from a SimMIM
 pre-training (configs/demo_simmim.py) or, without init_from, from random initialisation: the measure of
 what pre-training buys. Top-1 on the 360 held-out digits. The official fine-tuning recipe's shape: layer-
-wise lr decay 0.8, warm-up, cosine to a small minimum, drop path 0.1. About two minutes on two CPU cores.
+wise lr decay 0.8, warm-up, cosine to a small minimum, drop path 0.1. About 75 s on two CPU cores.
 
   python train.py --config configs/demo_simmim_finetune.py --workdir /tmp/ft --config.init_from=/tmp/simmim
   python train.py --config configs/demo_simmim_finetune.py --workdir /tmp/scratch    # the baseline

@@ -44,6 +44,7 @@ def get_config(model: str = "simmim_swin_base_img192_window6") -> "ml_collection
     config.input.mixup_alpha = 0.0
     config.input.cutmix_alpha = 0.0
     config.input.label_smoothing = 0.0
+    config.input.labelled = False  # labels are not used: any image folder or TFDS image dataset
     config.input.mask_patch_size = 32
     config.input.mask_ratio = 0.6
     return config

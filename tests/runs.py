@@ -81,3 +81,23 @@ def check_sigterm_resume(flags, root, steps: int, after_step: int, reference: di
     assert sorted(resumed) == list(range(stopped + 1, steps + 1))  # nothing before the checkpoint again
     assert resumed == {s: reference[s] for s in resumed}  # bitwise: same batches, rng, state, program
     return reference
+
+
+def train_losses(config, devices, batches, num_classes: int, steps: int = 3, steps_per_epoch: int = 4):
+    """In this process: the train losses of the first `steps` steps of `batches` (an iterator of host
+    batches) on a mesh of `devices`, and the model state (BatchNorm statistics) after them."""
+    import jax
+
+    from swin_jax.train import optim, sharding
+    from swin_jax.train.loop import build_model, build_training
+
+    mesh = sharding.make_mesh(devices)
+    model = build_model(config, num_classes)
+    lr = optim.schedule(config, config.total_steps, steps_per_epoch)
+    out = []
+    with jax.set_mesh(mesh):
+        state, _, train_step = build_training(config, model, lr, mesh, num_classes)
+        for _ in range(steps):
+            state, metrics = train_step(state, jax.device_put(next(batches), sharding.batch_sharding(mesh)))
+            out.append(float(metrics["train_loss"]))
+        return out, jax.device_get(state.model_state)

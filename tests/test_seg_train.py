@@ -10,9 +10,7 @@ import pytest
 
 from configs import demo_seg, upernet_swin_t_ade20k
 from swin_jax import data
-from swin_jax.train import sharding, train_and_evaluate
-from swin_jax.train.loop import build_model, build_training
-from swin_jax.train import optim
+from swin_jax.train import train_and_evaluate
 import runs
 
 TINY = dict(embed_dim=16, num_heads=(1, 2, 2, 4), channels=16, auxiliary_channels=8)
@@ -71,18 +69,8 @@ def test_short_demo_learns_and_reports(tmp_path, capsys):
     assert mask.shape == (96, 96, 3) and os.path.exists(tmp_path / "m_overlay.png")
 
 
-def _train_losses(config, devices, steps=3):
-    mesh = sharding.make_mesh(devices)
-    model = build_model(config, 11)
-    lr = optim.schedule(config, config.total_steps, 4)
-    batches = iter(data.segmentation_train_input(config.input, seed=0))
-    out = []
-    with jax.set_mesh(mesh):
-        state, _, train_step = build_training(config, model, lr, mesh, 11)
-        for _ in range(steps):
-            state, metrics = train_step(state, jax.device_put(next(batches), sharding.batch_sharding(mesh)))
-            out.append(float(metrics["train_loss"]))
-        return out, jax.device_get(state.model_state)
+def _train_losses(config, devices):
+    return runs.train_losses(config, devices, iter(data.segmentation_train_input(config.input, seed=0)), 11)
 
 
 def test_eight_devices_match_one():

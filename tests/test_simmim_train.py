@@ -12,8 +12,7 @@ import pytest
 import runs
 from configs import demo_simmim, demo_simmim_finetune, simmim_swin_b_192
 from swin_jax import data
-from swin_jax.train import optim, sharding, train_and_evaluate
-from swin_jax.train.loop import build_model, build_training
+from swin_jax.train import optim, train_and_evaluate
 
 TINY = dict(embed_dim=16, num_heads=(1, 2, 4))
 TINY_FLAGS = [f"--config.model_overrides.{k}={v}" for k, v in TINY.items()]
@@ -69,25 +68,12 @@ def test_short_pretraining_reports_shows_and_fine_tunes(tmp_path, capsys, caplog
     assert [r["step"] for r in runs.rows(tmp_path / "ft") if "train_loss" in r] == [2, 4]
 
 
-def _train_losses(config, devices, steps=3):
-    mesh = sharding.make_mesh(devices)
-    model = build_model(config, 10)
-    lr = optim.schedule(config, config.total_steps, 22)
-    batches = iter(data.train_input(config.input, seed=0))
-    out = []
-    with jax.set_mesh(mesh):
-        state, _, train_step = build_training(config, model, lr, mesh, 10)
-        for _ in range(steps):
-            state, metrics = train_step(state, jax.device_put(next(batches), sharding.batch_sharding(mesh)))
-            out.append(float(metrics["train_loss"]))
-    return out
-
-
 def test_eight_devices_match_one():
     """The masks come from the global step's key, not a device's: the same losses over 8 devices as on 1."""
     config = tiny(total_steps=10)
     config.input.batch_size = 16
-    one, eight = _train_losses(config, jax.devices()[:1]), _train_losses(config, jax.devices())
+    one, eight = (runs.train_losses(config, devices, iter(data.train_input(config.input, seed=0)), 10)[0]
+                  for devices in (jax.devices()[:1], jax.devices()))
     np.testing.assert_allclose(eight, one, rtol=2e-5)
     assert one[-1] != one[0]
 
@@ -114,3 +100,26 @@ def test_multistep_schedule_is_the_official_one():
     config.lr_milestones = (5,)
     with pytest.raises(ValueError, match="lr_milestones=.*inside the .*warm-up"):
         optim.schedule(config, 800 * per_epoch, per_epoch)
+
+
+def test_pretraining_reads_an_unlabelled_image_folder(tmp_path):
+    """SimMIM needs no labels: images straight under root/train and root/val (and in any sub-folder)."""
+    from PIL import Image
+
+    from swin_jax.data.sources import demo_arrays
+
+    images, _ = demo_arrays("test")
+    for i in range(6):
+        folder = tmp_path / "train" / ("" if i < 4 else "more")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(folder / f"{i}.png")
+    (tmp_path / "val").mkdir()
+    Image.fromarray(images[9]).save(tmp_path / "val" / "x.png")
+    config = demo_simmim.get_config()
+    config.dataset, config.batch_size = "folder", 4
+    config.input.data_dir = str(tmp_path)
+    training = data.train_input(config.input, seed=0)
+    assert training.num_examples == 6
+    batch = next(iter(training))
+    assert batch["image"].shape == (4, 32, 32, 3) and (batch["label"] == 0).all()
+    assert data.eval_input(config.input).num_examples == 1

@@ -1,10 +1,12 @@
-"""Convert PyTorch Swin checkpoints to swin_jax, and swin_jax models back to timm (classifiers) or
-Hugging Face's UperNetForSemanticSegmentation (segmenters, "upernet_" names).
+"""Convert PyTorch Swin checkpoints to swin_jax, and swin_jax models back to timm (classifiers),
+Hugging Face's UperNetForSemanticSegmentation (segmenters, "upernet_" names) or
+Swin(v2)ForMaskedImageModeling (SimMIM, "simmim_" names).
 
   python -m swin_jax.convert --model swin_tiny_patch4_window7_224 --checkpoint swin_tiny.pth --output DIR
   python -m swin_jax.convert --model swin_base_patch4_window12_384 --checkpoint swin_base_22k.pth \
       --output DIR --map-22k-to-1k map22kto1k.txt
   python -m swin_jax.convert --model upernet_swin_tiny --checkpoint upernet_swin_tiny_ade20k.pth --output DIR
+  python -m swin_jax.convert --model simmim_swin_base_img192_window6 --checkpoint simmim_pretrain.pth --output DIR
   python -m swin_jax.convert --to-pytorch --checkpoint DIR --output model.safetensors
 """
 
@@ -20,6 +22,8 @@ from swin_jax import checkpoint
 from swin_jax.convert.loader import export_timm_state_dict, load_pytorch_checkpoint, read_class_map
 from swin_jax.convert.reader import ConversionError
 from swin_jax.convert.segmentation import export_huggingface_upernet, load_segmenter_checkpoint
+from swin_jax.convert.simmim import export_huggingface_mim
+from swin_jax.models.simmim import SimMIM
 from swin_jax.models import create_model
 from swin_jax.models.upernet import UPerNet
 
@@ -39,7 +43,8 @@ def parse_args(argv):
     parser.add_argument("--backbone-only", action="store_true",
                         help="for a segmenter: take only the backbone of a file with other parts (e.g. mmdet's)")
     parser.add_argument("--to-pytorch", action="store_true",
-                        help="export a converted directory to timm's layout (segmenters: Hugging Face's UperNet)")
+                        help="export a converted directory to timm's layout (segmenters: Hugging Face's UperNet; "
+                             "SimMIM: Hugging Face's Swin(v2)ForMaskedImageModeling)")
     return parser.parse_args(argv)
 
 
@@ -70,8 +75,13 @@ def to_pytorch(args) -> None:
     if os.path.exists(args.output):
         raise FileExistsError(f"output file already exists: {args.output}")
     model, variables, config = checkpoint.load_pretrained(args.checkpoint)
-    segmenter = isinstance(model, UPerNet)
-    state = export_huggingface_upernet(variables, model) if segmenter else export_timm_state_dict(variables, model)
+    segmenter, mim = isinstance(model, UPerNet), isinstance(model, SimMIM)
+    if segmenter:
+        state, layout = export_huggingface_upernet(variables, model), "Hugging Face UperNetForSemanticSegmentation"
+    elif mim:
+        state, layout = export_huggingface_mim(variables, model), "Hugging Face ForMaskedImageModeling"
+    else:
+        state, layout = export_timm_state_dict(variables, model), "timm"
     directory = os.path.dirname(os.path.abspath(args.output))
     fd, staging = tempfile.mkstemp(suffix=".safetensors", dir=directory)
     os.close(fd)
@@ -81,7 +91,6 @@ def to_pytorch(args) -> None:
     except BaseException:
         os.unlink(staging)
         raise
-    layout = "Hugging Face UperNetForSemanticSegmentation" if segmenter else "timm"
     print(f"wrote {args.output} ({layout} layout, {config['model']}, {len(state)} tensors)")
 
 

@@ -47,6 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.demo_train_examples = 0  # dataset 'demo': > 0 trains on the first N of the 1437 training digits only
     # SimMIM pre-training (task 'simmim'): the official MaskGenerator's cells and ratio; previews of
     # original | masked | reconstruction in TensorBoard at every evaluation.
+    c.labelled = True  # False: images without labels (an image folder of any layout, TFDS with `image` only)
     c.mask_patch_size = 32
     c.mask_ratio = 0.6
     c.preview_images = 4

@@ -72,12 +72,13 @@ def open_split(config: ml_collections.ConfigDict, split: str, process_index: int
             raise DataError("config.input.dataset='folder' needs config.input.data_dir, the folder that holds "
                             "train/CLASS/IMAGE and val/CLASS/IMAGE")
         return sources.folder_split(config.data_dir, split, process_index=process_index,
-                                    process_count=process_count, train_split=_split_name(config, 0))
+                                    process_count=process_count, train_split=_split_name(config, 0),
+                                    labelled=config.labelled)
     if config.dataset == "demo":
         limit = config.get("demo_train_examples", 0) if split == _split_name(config, 0) else 0
         return sources.demo_split(split, process_index=process_index, process_count=process_count, limit=limit)
     return sources.tfds_split(config.dataset, split, data_dir=config.data_dir, process_index=process_index,
-                              process_count=process_count, download=config.download)
+                              process_count=process_count, download=config.download, labelled=config.labelled)
 
 
 def _options(config) -> tf.data.Options:

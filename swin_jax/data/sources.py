@@ -99,11 +99,16 @@ def _tfds_examples(name: str, split: str, *, data_dir: str | None, process_index
 
 
 def tfds_split(name: str, split: str, *, data_dir: str | None, process_index: int, process_count: int,
-               download: bool = False) -> Split:
+               download: bool = False, labelled: bool = True) -> Split:
+    """A TFDS image classification split; `labelled=False` needs only an `image` feature (every label 0:
+    SimMIM pre-training)."""
+    fields = {"image": "image", "label": "label"} if labelled else {"image": "image"}
     dataset, local, largest, total, features = _tfds_examples(
         name, split, data_dir=data_dir, process_index=process_index, process_count=process_count, download=download,
-        fields={"image": "image", "label": "label"}, others="'folder', 'demo' or 'synthetic'",
-        kind="only image classification datasets can be used")
+        fields=fields, others="'folder', 'demo' or 'synthetic'",
+        kind="only image classification datasets can be used" if labelled else "an image feature is needed")
+    if not labelled:
+        return Split(dataset.map(lambda ex: {**ex, "label": tf.constant(0, tf.int64)}), local, largest, total, 1)
     return Split(dataset, local, largest, total, features["label"].num_classes, tuple(features["label"].names))
 
 
@@ -158,15 +163,16 @@ def folder_classes(root: str, train_split: str = "train") -> list[str]:
 
 
 def folder_split(root: str, split: str, *, process_index: int, process_count: int,
-                 train_split: str = "train", check_workers: int | None = None) -> Split:
+                 train_split: str = "train", check_workers: int | None = None, labelled: bool = True) -> Split:
     """One split of root/{train,val}/CLASS/IMAGE. Classes are the sorted sub-folders of the train split,
-    so labels agree between splits; unreadable files are skipped with a warning naming each one."""
-    classes = folder_classes(root, train_split)
+    so labels agree between splits; unreadable files are skipped with a warning naming each one.
+    `labelled=False` takes every image under root/SPLIT, in sub-folders or not, with label 0 (SimMIM)."""
+    classes = folder_classes(root, train_split) if labelled else [""]
     directory = os.path.join(root, split)
     if not os.path.isdir(directory):
         raise DataError(f"image folder {directory} does not exist")
     present = sorted(d for d in os.listdir(directory) if os.path.isdir(os.path.join(directory, d)))
-    unknown = sorted(set(present) - set(classes))
+    unknown = sorted(set(present) - set(classes)) if labelled else []
     if unknown:
         raise DataError(f"classes {unknown} are in {directory} but not in {os.path.join(root, train_split)}; "
                         "labels come from the train classes, so every class must have training images")
@@ -189,7 +195,7 @@ def folder_split(root: str, split: str, *, process_index: int, process_count: in
     local, largest = _shares(len(keep), process_index, process_count)
     dataset = tf.data.Dataset.from_tensor_slices({"path": paths, "label": labels})
     dataset = dataset.map(lambda ex: {"image": tf.io.read_file(ex["path"]), "label": ex["label"]})
-    return Split(dataset, local, largest, len(keep), len(classes), tuple(classes))
+    return Split(dataset, local, largest, len(keep), len(classes), tuple(classes) if labelled else None)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -44,3 +44,15 @@ class Task:
     def previews(self, model, variables: dict, evaluation, config, batch_sharding) -> dict[str, Any]:
         """Images for TensorBoard at each evaluation ({name: uint8 (N, H, W, 3)}); none by default."""
         return {}
+
+    def preview_outputs(self, model, variables: dict, evaluation, batch_sharding, predict):
+        """(the first evaluation batch, `predict(variables, batch)` on it as host arrays): what a task's
+        previews draw. `predict` is jitted once per model, as previews come at every evaluation."""
+        from swin_jax import data
+
+        batch = next(data.to_global(iter(evaluation), batch_sharding, ahead=0))
+        compiled = self.__dict__.setdefault("_preview_fns", {})
+        if id(model) not in compiled:
+            replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.P())
+            compiled[id(model)] = jax.jit(predict, out_shardings=replicated)
+        return batch, jax.device_get(compiled[id(model)](variables, batch))

@@ -156,24 +156,17 @@ class Segmentation(Task):
             return {}
         from swin_jax.data.ade20k import palette
 
-        batch = next(data.to_global(iter(evaluation), batch_sharding, ahead=0))
-        if not hasattr(self, "_preview_fn"):
-            self._preview_fn = {}
-        key = id(model)
-        if key not in self._preview_fn:
-            def predict(variables, batch):
-                pred = jnp.argmax(self.logits_at_label_size(model, variables, batch, config), axis=-1)
-                rows, cols = batch["label"].shape[1:3]
-                ry = jax.vmap(functools.partial(bilinear_matrix_of_sizes, rows=rows, cols=batch["image"].shape[1]))(
-                    batch["valid"][:, 0], batch["label_size"][:, 0])
-                rx = jax.vmap(functools.partial(bilinear_matrix_of_sizes, rows=cols, cols=batch["image"].shape[2]))(
-                    batch["valid"][:, 1], batch["label_size"][:, 1])
-                image = jnp.einsum("bih,bhwc,bjw->bijc", ry, batch["image"].astype(jnp.float32), rx)
-                return jnp.clip(jnp.round(image), 0, 255).astype(jnp.uint8), batch["label"], pred.astype(jnp.int32)
+        def predict(variables, batch):
+            pred = jnp.argmax(self.logits_at_label_size(model, variables, batch, config), axis=-1)
+            rows, cols = batch["label"].shape[1:3]
+            ry = jax.vmap(functools.partial(bilinear_matrix_of_sizes, rows=rows, cols=batch["image"].shape[1]))(
+                batch["valid"][:, 0], batch["label_size"][:, 0])
+            rx = jax.vmap(functools.partial(bilinear_matrix_of_sizes, rows=cols, cols=batch["image"].shape[2]))(
+                batch["valid"][:, 1], batch["label_size"][:, 1])
+            image = jnp.einsum("bih,bhwc,bjw->bijc", ry, batch["image"].astype(jnp.float32), rx)
+            return jnp.clip(jnp.round(image), 0, 255).astype(jnp.uint8), batch["label"], pred.astype(jnp.int32)
 
-            self._preview_fn[key] = jax.jit(predict, out_shardings=jax.sharding.NamedSharding(batch_sharding.mesh,
-                                                                                             jax.P()))
-        image, label, pred = jax.device_get(self._preview_fn[key](variables, batch))
+        batch, (image, label, pred) = self.preview_outputs(model, variables, evaluation, batch_sharding, predict)
         sizes, mask = jax.device_get(batch["label_size"]), jax.device_get(batch["mask"])
         colours = np.concatenate([palette(model.num_classes), np.zeros((256 - model.num_classes, 3), np.uint8)])
         panels = []

@@ -98,17 +98,12 @@ class MaskedImageModeling(Task):
         count = config.input.preview_images
         if not count:
             return {}
-        batch = next(data.to_global(iter(evaluation), batch_sharding, ahead=0))
-        if not hasattr(self, "_preview_fn"):
-            self._preview_fn = {}
-        if id(model) not in self._preview_fn:
-            def predict(variables, batch):
-                images, masks, out = self._eval_outputs(model, variables, batch, config)
-                return images, masks, out["reconstruction"]
+        def predict(variables, batch):
+            images, masks, out = self._eval_outputs(model, variables, batch, config)
+            return images, masks, out["reconstruction"]
 
-            replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.P())
-            self._preview_fn[id(model)] = jax.jit(predict, out_shardings=replicated)
-        images, masks, reconstruction = jax.device_get(self._preview_fn[id(model)](variables, batch))
+        batch, (images, masks, reconstruction) = self.preview_outputs(model, variables, evaluation, batch_sharding,
+                                                                      predict)
         keep = np.flatnonzero(jax.device_get(batch["mask"]))[:count]
         if model.norm_target_window:  # back from each image's normalised targets, roughly
             scale = images[keep].std(axis=(1, 2), keepdims=True)
