@@ -16,6 +16,7 @@ def get_config(model: str = "swin_tiny_patch4_window7_224") -> ml_collections.Co
     config.model_dtype = "float32"  # compute dtype; 'bfloat16' for mixed precision (parameters stay fp32)
     config.remat = False  # recompute each block pair in the backward pass to save memory
     config.scan_unroll = False  # True: block pairs compiled unrolled (CPU: ~5% faster, more memory, slower compile)
+    config.attention_impl = "auto"  # window-attention kernel: auto, xla, jax, cudnn, tokamax (swin_jax/models/layers.py)
 
     # Fields every run has; `dataset`, `batch_size` and `image_size` are shared with config.input.
     config.dataset = "imagenet2012"

@@ -31,8 +31,8 @@ def test_short_demo_learns_and_reports(tmp_path, capsys):
     the table, puts image | truth | prediction into TensorBoard; predict reads the workdir."""
     workdir = str(tmp_path / "seg")
     config = demo_seg.get_config()
-    config.input.update(dict(demo_train_scenes=400, demo_eval_scenes=50))
-    config.update(dict(total_steps=60, warmup_steps=10, eval_every_steps=60, checkpoint_every_steps=60,
+    config.input.update(dict(demo_train_scenes=200, demo_eval_scenes=40))
+    config.update(dict(total_steps=40, warmup_steps=10, eval_every_steps=40, checkpoint_every_steps=40,
                        log_every_steps=10))
     results = train_and_evaluate(config, workdir)
     out = capsys.readouterr().out

@@ -122,3 +122,21 @@ def test_roll_and_mask_equals_explicit_shifted_windows(height, width, window, sh
     for i in range(2):
         want = reference_block(params, x[i].astype(np.float64), expect_window, expect_shift, heads)
         np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("height,width,window,shift", [(14, 14, 7, 3), (12, 24, 6, 3), (16, 8, 4, 2)])
+def test_one_gather_is_the_roll_and_the_partition_and_back(height, width, window, shift):
+    x = jax.random.normal(jax.random.key(0), (2, height, width, 5))
+    order, inverse = windows.shifted_window_order(height, width, window, shift)
+    rolled = windows.window_partition(jnp.roll(x, (-shift, -shift), axis=(1, 2)), window)
+    gathered = windows.permute_tokens(x.reshape(2, -1, 5), order, inverse).reshape(rolled.shape)
+    np.testing.assert_array_equal(gathered, rolled)
+    back = windows.permute_tokens(gathered.reshape(2, -1, 5), inverse, order).reshape(x.shape)
+    np.testing.assert_array_equal(back, x)
+    # The written-out gradient is the inverse gather: the same as differentiating the roll and partition.
+    weights = jax.random.normal(jax.random.key(1), rolled.shape)
+    grad = jax.grad(lambda x: jnp.sum(weights * windows.permute_tokens(x.reshape(2, -1, 5), order, inverse)
+                                      .reshape(rolled.shape)))(x)
+    want = jax.grad(lambda x: jnp.sum(weights * windows.window_partition(jnp.roll(x, (-shift, -shift), (1, 2)),
+                                                                         window)))(x)
+    np.testing.assert_array_equal(grad, want)

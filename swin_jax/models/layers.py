@@ -1,5 +1,5 @@
 """Numerics every Swin model shares: initialisers, LayerNorm, GELU, softmax, dense layers, drop path and
-the window-attention core.
+the window-attention core with its kernels, and the dense-prediction heads' resampling.
 
 Each piece matches PyTorch's numerics (exact-erf GELU, LayerNorm eps 1e-5 with a two-pass variance,
 the official initialisers). Where a piece is written out by hand rather than taken from JAX or Flax,
@@ -187,15 +187,33 @@ def drop_path(module: nn.Module, x: jnp.ndarray, rate, deterministic: bool) -> j
     return x * (mask / jnp.maximum(keep, 1e-12)).astype(x.dtype)
 
 
-def attention_dropout(rate: float, deterministic: bool) -> Callable[[jnp.ndarray], jnp.ndarray] | None:
-    """nn.Dropout(rate) on attention probabilities, for `window_attention`; None when it does nothing.
-    Call it inside the attention module's __call__, which then owns the dropout layer."""
-    if deterministic or rate == 0.0:
-        return None
-    return functools.partial(nn.Dropout(rate), deterministic=False)
-
-
 # ---- the attention core -------------------------------------------------------------------------
+
+# The window-attention core, softmax(q k^T + bias) v, and the kernels that can compute it.
+#
+# Every Swin attention (V1's scaled dot product, V2's cosine attention) reduces to this one function of
+# q, k, v and one additive float32 bias per window: V1 passes its relative position bias, V2 its
+# continuous position bias, each with the shifted-window mask folded in; V2 passes normalised q (times
+# its logit scale) and normalised k. Nothing is scaled here.
+#
+# Implementations (`implementation`, the models' `attention_impl`):
+# - "xla": two einsums and the softmax above, written for XLA to fuse; the numerics every parity
+#   test checks, and the default on CPU.
+# - "jax": `jax.nn.dot_product_attention` with its XLA implementation (runs everywhere; it checks that
+#   the arguments reach the library kernels as intended).
+# - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")`, cuDNN's fused attention (GPU,
+#   bf16/fp16).
+# - "tokamax": `tokamax.dot_product_attention`, its Pallas kernels (Triton or Mosaic on GPU, Mosaic on
+#   TPU), falling back to XLA where none applies (CPU).
+# - "auto": cuDNN on a GPU in bf16/fp16, tokamax on TPU, else "xla"; "xla" wherever attention dropout is
+#   on (no kernel takes it) or a kernel refuses the shapes at trace time.
+# The kernels work on blocks of 64 tokens: a window's 49 or 144 tokens are padded to a multiple of 64
+# inside, with padded keys masked out and padded queries dropped from the result.
+
+IMPLEMENTATIONS = ("auto", "xla", "jax", "cudnn", "tokamax")
+KERNEL_BLOCK = 64  # tokens: the query/key block of cuDNN's and tokamax's flash attention
+_PADDED_KEY_BIAS = -1e9  # far below any real logit: a padded key gets exactly zero probability
+
 
 def split_heads(qkv: jnp.ndarray, heads: int) -> list[jnp.ndarray]:
     """(windows, n, 3C) projections -> q, k, v, each (windows, n, heads, C / heads).
@@ -207,29 +225,128 @@ def split_heads(qkv: jnp.ndarray, heads: int) -> list[jnp.ndarray]:
     return [t.reshape(windows_, n, heads, c3 // (3 * heads)) for t in jnp.split(qkv, 3, axis=-1)]
 
 
-def window_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, bias: jnp.ndarray, mask: np.ndarray | None,
-                     *, dropout: Callable[[jnp.ndarray], jnp.ndarray] | None = None,
-                     logits_precision=None) -> jnp.ndarray:
-    """softmax(q k^T + bias + mask) v inside each window: the one function a fused kernel replaces.
+def attention_dropout(rate: float, deterministic: bool) -> Callable[[jnp.ndarray], jnp.ndarray] | None:
+    """nn.Dropout(rate) on attention probabilities, for `window_attention`; None when it does nothing.
+    Call it inside the attention module's __call__, which then owns the dropout layer."""
+    if deterministic or rate == 0.0:
+        return None
+    return functools.partial(nn.Dropout(rate), deterministic=False)
 
-    q, k, v: (windows, n, heads, d), q already scaled (V1: by head_dim ** -0.5; V2: cosine attention's
-    normalised q times the logit scale). bias: (heads, n, n), the same for every window. mask: None or
-    (num_windows, n, n), the shifted-window mask, where window w of image b is row b * num_windows + w.
-    The logits and softmax are float32 whatever the dtype of q and k; the probabilities are cast to v's
-    dtype. `dropout` acts on the probabilities (training only). Returns (windows, n, heads * d).
+
+def window_bias(bias: jnp.ndarray, mask: np.ndarray | None) -> jnp.ndarray:
+    """The one additive bias of the core: (heads, n, n) position bias plus the (num_windows, n, n)
+    shifted-window mask -> (num_windows, heads, n, n), or (1, heads, n, n) without a mask."""
+    bias = jnp.asarray(bias, jnp.float32)[None]
+    return bias if mask is None else bias + jnp.asarray(mask, jnp.float32)[:, None]
+
+
+def resolve(implementation: str, dtype, dropout: bool) -> str:
+    """The implementation "auto" stands for on this platform, for inputs of `dtype`."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention_impl={implementation!r}: expected one of {', '.join(IMPLEMENTATIONS)}")
+    if implementation != "auto":
+        return implementation
+    if dropout:
+        return "xla"
+    platform = jax.default_backend()
+    if platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    if platform == "tpu" and _tokamax() is not None:
+        return "tokamax"
+    return "xla"
+
+
+def window_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, bias: jnp.ndarray, *,
+                     implementation: str = "xla", dropout: Callable[[jnp.ndarray], jnp.ndarray] | None = None,
+                     logits_precision=None) -> jnp.ndarray:
+    """softmax(q k^T + bias) v in every window: the one function a fused kernel replaces.
+
+    q, k, v: (windows, n, heads, d), already scaled, window w of image b at row b * num_windows + w.
+    bias: (num_windows or 1, heads, n, n) float32 (`window_bias`), the same for every image. The logits
+    and softmax are float32 whatever the dtype of q and k (the kernels keep their softmax statistics in
+    float32 too); the probabilities meet v in v's dtype. `dropout` acts on the probabilities (training
+    only; "xla" alone applies it). Returns (windows, n, heads * d).
     """
-    # Heads-major for both products: asked for a (windows, n, heads, d) result directly, XLA:CPU
-    # computes a transposed product on a slower path.
-    q, k, v = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, precision=logits_precision).astype(jnp.float32) + bias
-    if mask is not None:
-        shape = logits.shape
-        logits = (logits.reshape(-1, mask.shape[0], *shape[1:]) + mask[None, :, None]).reshape(shape)
+    chosen = resolve(implementation, q.dtype, dropout is not None)
+    if chosen != "xla" and dropout is not None:
+        raise ValueError(f"attention_impl={implementation!r} cannot apply attention dropout (attn_drop_rate > 0); "
+                         "use 'xla' or 'auto'")
+    if chosen == "xla":
+        return _xla_attention(q, k, v, bias, dropout, logits_precision)
+    try:
+        return _kernel_attention(q, k, v, bias, chosen, logits_precision)
+    except (NotImplementedError, ValueError, RuntimeError):  # a kernel refusing these shapes, dtype or device
+        if implementation != "auto":
+            raise
+        return _xla_attention(q, k, v, bias, None, logits_precision)
+
+
+def _per_image(t: jnp.ndarray, num_windows: int) -> jnp.ndarray:
+    """(B * num_windows, ...) -> (B, num_windows, ...)."""
+    return t.reshape(-1, num_windows, *t.shape[1:])
+
+
+def _xla_attention(q, k, v, bias, dropout, logits_precision):
+    windows_, n = q.shape[:2]
+    # Heads-major for both products: asked for a (..., n, heads, d) result directly, XLA:CPU computes a
+    # transposed product on a slower path.
+    q, k, v = (_per_image(t, bias.shape[0]).transpose(0, 1, 3, 2, 4) for t in (q, k, v))
+    logits = jnp.einsum("bwhqd,bwhkd->bwhqk", q, k, precision=logits_precision).astype(jnp.float32) + bias
     probs = softmax(logits).astype(v.dtype)
     if dropout is not None:
         probs = dropout(probs)
-    out = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3)
-    return out.reshape(*out.shape[:2], -1)
+    out = jnp.einsum("bwhqk,bwhkd->bwhqd", probs, v).transpose(0, 1, 3, 2, 4)
+    return out.reshape(windows_, n, -1)
+
+
+def _pad_tokens(q, k, v, bias):
+    """Pads the windows' tokens to a multiple of KERNEL_BLOCK; padded keys get _PADDED_KEY_BIAS."""
+    n = q.shape[1]
+    pad = -n % KERNEL_BLOCK
+    if not pad:
+        return q, k, v, bias
+    q, k, v = (jnp.pad(t, ((0, 0), (0, pad), (0, 0), (0, 0))) for t in (q, k, v))
+    bias = jnp.pad(bias, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    bias = jnp.pad(bias, ((0, 0), (0, 0), (0, 0), (0, pad)), constant_values=_PADDED_KEY_BIAS)
+    return q, k, v, bias
+
+
+def _kernel_attention(q, k, v, bias, implementation, logits_precision):
+    windows_, n, heads, d = q.shape
+    num_windows = bias.shape[0]
+    q, k, v, bias = _pad_tokens(q, k, v, bias)
+    if implementation == "tokamax":
+        tokamax = _tokamax()
+        if tokamax is None:
+            raise ValueError("attention_impl='tokamax' needs the tokamax package (pip install tokamax)")
+        # Extra batch axes broadcast: the (num_windows, heads, n, n) bias is shared by every image.
+        out = tokamax.dot_product_attention(*(_per_image(t, num_windows) for t in (q, k, v)), bias=bias[None],
+                                            scale=1.0, precision=logits_precision,
+                                            implementation=None if jax.default_backend() != "cpu" else "xla")
+        out = out.reshape(-1, *out.shape[2:])
+    else:
+        # jax.nn takes one batch axis; a per-window bias is repeated for every image.
+        if num_windows > 1:
+            bias = jnp.broadcast_to(bias[None], (windows_ // num_windows, *bias.shape)).reshape(-1, *bias.shape[1:])
+        kernel_dtype = q.dtype if implementation == "cudnn" else jnp.float32
+        out = jax.nn.dot_product_attention(q, k, v, bias=bias.astype(kernel_dtype), scale=1.0,
+                                           implementation="cudnn" if implementation == "cudnn" else "xla")
+    return out[:, :n].reshape(windows_, n, heads * d)
+
+
+@functools.lru_cache(maxsize=None)
+def _tokamax():
+    try:
+        import tokamax
+    except ImportError:
+        return None
+    from absl import flags
+
+    # tokamax reads its options from absl flags and, outside an absl app (pytest, a notebook, an argparse
+    # script), would parse this process's command line as absl flags and fail on it: take the defaults.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    return tokamax
 
 
 # ---- dense-prediction heads: resampling and conv-norm-act as PyTorch computes them ----------------

@@ -65,6 +65,7 @@ class WindowAttention(nn.Module):
     qk_scale: float | None = None
     attn_drop_rate: float = 0.0
     proj_drop_rate: float = 0.0
+    implementation: str = "auto"  # of the attention core (layers.IMPLEMENTATIONS)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -80,7 +81,8 @@ class WindowAttention(nn.Module):
         index = windows.relative_position_index(window, self.table_window)
         bias = jnp.asarray(table, jnp.float32)[index.reshape(-1)].reshape(n, n, heads).transpose(2, 0, 1)
 
-        out = layers.window_attention(q * jnp.asarray(scale, q.dtype), k, v, bias, mask,
+        out = layers.window_attention(q * jnp.asarray(scale, q.dtype), k, v, layers.window_bias(bias, mask),
+                                      implementation=self.implementation,
                                       dropout=layers.attention_dropout(self.attn_drop_rate, deterministic))
         out = dense(c, "proj", self.dtype, self.param_dtype)(out)
         return nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
@@ -112,9 +114,14 @@ def shifted_window_attention(x: jnp.ndarray, window_size: int, shift_size: int, 
     with zeros before the cyclic shift, as the official detection backbone and Hugging Face do, and
     cropped back afterwards.
     """
-    _, h, w, _ = x.shape
+    b, h, w, c = x.shape
     window, shift = (window_size, shift_size) if always_partition else windows.effective_window(
         h, w, window_size, shift_size)
+    if shift and not (h % window or w % window):
+        order, inverse = windows.shifted_window_order(h, w, window, shift)
+        tokens = windows.permute_tokens(x.reshape(b, h * w, c), order, inverse).reshape(-1, window * window, c)
+        out = attend(tokens, window, windows.shifted_window_mask(h, w, window, shift))
+        return windows.permute_tokens(out.reshape(b, h * w, c), inverse, order).reshape(b, h, w, c)
     x = jnp.pad(x, ((0, 0), (0, -h % window), (0, -w % window), (0, 0)))
     hp, wp = x.shape[1:3]
     mask = None
@@ -300,6 +307,7 @@ class Swin(nn.Module):
     scan_blocks: bool = True
     scan_unroll: int | bool = 1  # lax.scan's `unroll` for the block pairs (the parameters stay stacked)
     remat: bool = False
+    attention_impl: str = "auto"  # the window-attention kernel, see layers.py
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -337,6 +345,8 @@ class Swin(nn.Module):
             self._fail("img_size", f"a {grid[0]}x{grid[1]} patch grid is too small for {len(self.depths)} stages")
         if self.partition not in ("per_map", "per_img_size", "always"):
             self._fail("partition", "must be 'per_map', 'per_img_size' or 'always'")
+        if self.attention_impl not in layers.IMPLEMENTATIONS:
+            self._fail("attention_impl", f"must be one of {', '.join(map(repr, layers.IMPLEMENTATIONS))}")
         if self.out_indices is not None:
             bad = [i for i in self.out_indices if not 0 <= i < len(self.depths)]
             if bad or not self.out_indices:
@@ -461,7 +471,7 @@ class SwinTransformer(Swin):
     def window_attention(self, stage: int) -> Callable[..., nn.Module]:
         return functools.partial(WindowAttention, qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
                                  attn_drop_rate=self.attn_drop_rate, proj_drop_rate=self.drop_rate,
-                                 dtype=self.dtype, param_dtype=self.param_dtype)
+                                 implementation=self.attention_impl, dtype=self.dtype, param_dtype=self.param_dtype)
 
 
 def config_fields(model_cls: type | None = None) -> set[str]:

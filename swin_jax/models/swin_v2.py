@@ -75,6 +75,7 @@ class WindowAttentionV2(nn.Module):
     qkv_bias: bool = True
     attn_drop_rate: float = 0.0
     proj_drop_rate: float = 0.0
+    implementation: str = "auto"  # of the attention core (layers.IMPLEMENTATIONS)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -101,7 +102,8 @@ class WindowAttentionV2(nn.Module):
         index = windows.relative_position_index(window, self.table_window)
         bias = 16.0 * jax.nn.sigmoid(table[index.reshape(-1)].reshape(n, n, heads).transpose(2, 0, 1))
 
-        out = layers.window_attention(q, k, v, bias, mask, logits_precision=_HIGHEST,
+        out = layers.window_attention(q, k, v, layers.window_bias(bias, mask), implementation=self.implementation,
+                                      logits_precision=_HIGHEST,
                                       dropout=layers.attention_dropout(self.attn_drop_rate, deterministic))
         out = dense(c, "proj", self.dtype, self.param_dtype)(out)
         return nn.Dropout(self.proj_drop_rate)(out, deterministic=deterministic)
@@ -123,7 +125,8 @@ class SwinTransformerV2(Swin):
     def window_attention(self, stage: int) -> Callable[..., nn.Module]:
         return functools.partial(WindowAttentionV2, pretrained_window=self.pretrained_windows()[stage],
                                  qkv_bias=self.qkv_bias, attn_drop_rate=self.attn_drop_rate,
-                                 proj_drop_rate=self.drop_rate, dtype=self.dtype, param_dtype=self.param_dtype)
+                                 proj_drop_rate=self.drop_rate, implementation=self.attention_impl, dtype=self.dtype,
+                                 param_dtype=self.param_dtype)
 
     def _check_config(self):
         super()._check_config()

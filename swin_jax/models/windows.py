@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -42,6 +43,40 @@ def window_reverse(windows: jnp.ndarray, window: int, height: int, width: int) -
     x = windows.reshape(-1, height // window, width // window, window, window, c)
     x = x.transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, height, width, c)
+
+
+@functools.lru_cache(maxsize=None)
+def shifted_window_order(height: int, width: int, window: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """(order, inverse) of the H * W tokens of a map: token `order[j]` of the flattened map is token j of
+    the cyclically shifted map's windows, one after the other (what roll + window_partition gives), and
+    `inverse` takes the windows' tokens back to the map, the reverse shift included."""
+    if height % window or width % window:
+        raise ValueError(f"map {height}x{width} is not a multiple of window {window}")
+    index = np.roll(np.arange(height * width).reshape(height, width), (-shift, -shift), axis=(0, 1))
+    order = index.reshape(height // window, window, width // window, window).transpose(0, 2, 1, 3).reshape(-1)
+    return _read_only(order.astype(np.int32)), _read_only(np.argsort(order).astype(np.int32))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def permute_tokens(x: jnp.ndarray, order: np.ndarray, inverse: np.ndarray) -> jnp.ndarray:
+    """x[:, order] for (B, tokens, C) x and a permutation `order` whose inverse is `inverse`.
+
+    One gather does the shift and the window partition (or, with the inverse, the reverse and the
+    shift back) in one pass over the activations, where roll then partition are two; the gradient is
+    the inverse gather, not the scatter-add that differentiating a gather gives.
+    """
+    return jnp.take(x, order, axis=1)
+
+
+def _permute_fwd(x, order, inverse):
+    return permute_tokens(x, order, inverse), None
+
+
+def _permute_bwd(order, inverse, _, g):
+    return (jnp.take(g, inverse, axis=1),)
+
+
+permute_tokens.defvjp(_permute_fwd, _permute_bwd)
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -5,6 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+
+
+def model_options(config) -> dict[str, Any]:
+    """How the config builds any task's model, besides its architecture: compute dtype, remat, scan
+    unrolling and the attention kernel. The kernel is this machine's choice, not the model's, so a
+    workdir saved before the option existed (or on another platform) gets "auto"."""
+    return dict(dtype=jnp.dtype(config.model_dtype), remat=config.remat, scan_unroll=config.scan_unroll,
+                attention_impl=config.get("attention_impl", "auto"))
 
 
 class Task:

@@ -10,7 +10,7 @@ import optax
 from swin_jax import data
 from swin_jax.data import on_device
 from swin_jax.models import create_model
-from swin_jax.tasks.base import Task
+from swin_jax.tasks.base import Task, model_options
 
 
 class Classification(Task):
@@ -23,8 +23,7 @@ class Classification(Task):
 
     def build_model(self, config, num_classes: int):
         return create_model(config.model, num_classes=num_classes, img_size=config.input.image_size,
-                            dtype=jnp.dtype(config.model_dtype), remat=config.remat,
-                            scan_unroll=config.scan_unroll, **config.model_overrides)
+                            **model_options(config), **config.model_overrides)
 
     def init_variables(self, model, rng):
         return {"params": model.init(rng, jnp.zeros((1, *model.input_hw, model.in_chans), jnp.float32))["params"]}

@@ -24,7 +24,7 @@ from swin_jax import data
 from swin_jax.data import on_device
 from swin_jax.models import create_model
 from swin_jax.models.layers import bilinear_matrix_of_sizes
-from swin_jax.tasks.base import Task
+from swin_jax.tasks.base import Task, model_options
 
 
 def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = 255,
@@ -94,8 +94,7 @@ class Segmentation(Task):
 
     def build_model(self, config, num_classes: int):
         return create_model(config.model, num_classes=num_classes, img_size=tuple(config.input.crop_size)[0],
-                            dtype=jnp.dtype(config.model_dtype), remat=config.remat,
-                            scan_unroll=config.scan_unroll, **config.model_overrides)
+                            **model_options(config), **config.model_overrides)
 
     def init_variables(self, model, rng):
         return dict(model.init(rng, jnp.zeros((1, *model.input_hw, model.in_chans), jnp.float32)))

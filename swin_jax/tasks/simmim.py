@@ -19,7 +19,7 @@ import numpy as np
 from swin_jax import data
 from swin_jax.data import on_device
 from swin_jax.models import create_model
-from swin_jax.tasks.base import Task
+from swin_jax.tasks.base import Task, model_options
 
 EVAL_MASK_SEED = 1234
 
@@ -52,8 +52,8 @@ class MaskedImageModeling(Task):
         return training, data.eval_input(config.input)
 
     def build_model(self, config, num_classes: int):
-        return create_model(config.model, img_size=config.input.image_size, dtype=jnp.dtype(config.model_dtype),
-                            remat=config.remat, scan_unroll=config.scan_unroll, **config.model_overrides)
+        return create_model(config.model, img_size=config.input.image_size, **model_options(config),
+                            **config.model_overrides)
 
     def init_variables(self, model, rng):
         size = model.input_hw
