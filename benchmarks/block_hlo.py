@@ -38,8 +38,8 @@ def entry_instructions(hlo: str) -> list[tuple[str, str, int]]:
         if " = " not in line:
             continue
         name, rhs = line.split(" = ", 1)
-        result = rhs.split("{")[0] if rhs.startswith("(") is False else rhs.split(") ")[0]
-        sizes[name] = shape_bytes(result.split(" ")[0] if not rhs.startswith("(") else result)
+        result = rhs.split(") ")[0] if rhs.startswith("(") else rhs.split(" ", 1)[0]  # a tuple or one shape
+        sizes[name] = shape_bytes(result)
         op = re.search(r"\s([a-z\-]+)\(", " " + rhs)
         kind = op.group(1) if op else "?"
         if kind in ("parameter", "constant", "get-tuple-element", "tuple", "bitcast"):

@@ -58,7 +58,7 @@ def test_padding_to_the_kernel_block_masks_the_padded_keys():
     padded = layers._pad_tokens(q, k, v, bias)
     assert padded[0].shape[1] == 64 and padded[3].shape[2:] == (64, 64)
     np.testing.assert_array_equal(padded[3][..., 49:], layers._PADDED_KEY_BIAS)
-    # Large values in the padded keys and values would show up in the output if they leaked.
+    # The padded keys and values are zeros: any probability left on them would shrink the outputs.
     out = layers._kernel_attention(q, k, v, bias, "jax", None)
     np.testing.assert_allclose(out, layers._xla_attention(q, k, v, bias, None, None), rtol=1e-5, atol=1e-5)
 

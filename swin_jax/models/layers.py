@@ -321,8 +321,7 @@ def _kernel_attention(q, k, v, bias, implementation, logits_precision):
             raise ValueError("attention_impl='tokamax' needs the tokamax package (pip install tokamax)")
         # Extra batch axes broadcast: the (num_windows, heads, n, n) bias is shared by every image.
         out = tokamax.dot_product_attention(*(_per_image(t, num_windows) for t in (q, k, v)), bias=bias[None],
-                                            scale=1.0, precision=logits_precision,
-                                            implementation=None if jax.default_backend() != "cpu" else "xla")
+                                            scale=1.0, precision=logits_precision)
         out = out.reshape(-1, *out.shape[2:])
     else:
         # jax.nn takes one batch axis; a per-window bias is repeated for every image.
