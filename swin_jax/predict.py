@@ -16,25 +16,32 @@ train.py see the same pixels.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
-from swin_jax import checkpoint, data
+from swin_jax import data, workdir
 from swin_jax.convert import ConversionError, convert_state_dict, layouts, read_state_dict
-from swin_jax.data import transforms
+from swin_jax.data import ade20k, segmentation, transforms
+from swin_jax.data.host import tf
+from swin_jax.data.on_device import simmim_masks
+from swin_jax.data.scenes import SCENE_CLASSES
 from swin_jax.models import create_model, registry
+from swin_jax.models.layers import resize_bilinear
+from swin_jax.models.upernet import segment_probabilities
+from swin_jax.tasks.segmentation import class_names_for
+from swin_jax.tasks.simmim import triptych
 
 CLASS_NAMES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.txt")
 
 
 def preprocess(path: str | os.PathLike, size: int, crop_pct: float = 0.0) -> np.ndarray:
     """An image file -> the normalised (size, size, 3) float32 array the evaluation pipeline makes of it."""
-    from swin_jax.data.host import tf
-
     with open(path, "rb") as f:
         encoded = f.read()
     try:
@@ -52,57 +59,22 @@ def class_names(num_classes: int) -> list[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
-def _tuples(value):
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    return value
-
-
-def is_training_workdir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "checkpoints"))
-
-
-def load_workdir(workdir: str):
-    """(model, variables, config) of a train.py workdir: its best checkpoint (by the task's metric), else
-    the latest."""
-    import json
-
-    import ml_collections
-
-    from swin_jax.tasks import get_task
-
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(_tuples(json.load(f)))
-    model = get_task(config).build_model(config, config.input.num_classes)
-    checkpoints = checkpoint.TrainCheckpoints(os.path.join(workdir, "checkpoints"), best_metric=get_task(config).best_metric)
-    try:
-        saved = checkpoints.saved_arrays()
-    finally:
-        checkpoints.close()
-    return model, {"params": saved["params"], **saved["model_state"]}, config
-
-
 def load(path: str, model_name: str | None):
-    if is_training_workdir(path):
-        model, variables, _ = load_workdir(path)
-        return model, variables
-    if checkpoint.is_pretrained_dir(path):
-        model, variables, _ = checkpoint.load_pretrained(path)
-        return model, variables
+    """(model, variables) of a converted directory, a workdir, or a PyTorch file (the model guessed from
+    its shapes unless `model_name` is given)."""
+    saved = workdir.load_saved(path)
+    if saved is not None:
+        return saved
     state = read_state_dict(path)
-    from swin_jax.convert import simmim
-
-    if simmim.is_mim_state(state):
-        found = layouts.describe(layouts.to_timm_layout(simmim.split_mim_state(state, path)[0])[1])
+    if layouts.is_mim_state(state):
+        found = layouts.describe(layouts.to_timm_layout(layouts.split_mim_state(state, path)[0])[1])
         if not model_name:
             matches = registry.matching_models(found)
             if not matches:
                 raise ConversionError(f"{path}: no registered model has its encoder's shapes; pass --model")
             model_name = registry.MIM_PREFIX + matches[0]
         model = create_model(model_name)
-        return model, simmim.convert_mim_state_dict(state, model, source=path)
+        return model, convert_state_dict(state, model, source=path)
     found = layouts.describe(layouts.to_timm_layout(state)[1])
     if not model_name:
         matches = registry.matching_models(found)
@@ -111,12 +83,10 @@ def load(path: str, model_name: str | None):
                                   f"({', '.join(f'{k}={v}' for k, v in found.items())}); pass --model")
         model_name = matches[0]
     if model_name.startswith(registry.SEGMENTER_PREFIX):
-        from swin_jax.convert.segmentation import convert_segmenter_state_dict
-
         classes = next((v.shape[0] for k, v in state.items() if k.endswith(("decode_head.conv_seg.weight",
                                                                                "decode_head.classifier.weight"))), 150)
         model = create_model(model_name, num_classes=classes)
-        return model, convert_segmenter_state_dict(state, model, source=path, require_heads=True)
+        return model, convert_state_dict(state, model, source=path, require_heads=True)
     model = create_model(model_name, num_classes=found.get("num_classes", 1000))
     return model, convert_state_dict(state, model, source=path)
 
@@ -126,13 +96,6 @@ def segment(model, variables, path: str, *, scale=(2048, 512), mode: str = "whol
     """(the image as read, uint8 HxWx3; class per pixel at its size): the evaluation resize keeping the
     ratio to `scale`, `whole` or `slide` inference (with `flip`, averaged with the mirrored image), class
     probabilities resized back to the image."""
-    import functools
-
-    from swin_jax.data import segmentation
-    from swin_jax.data.host import tf
-    from swin_jax.models.layers import resize_bilinear
-    from swin_jax.models.upernet import segment_probabilities
-
     with open(path, "rb") as f:
         encoded = f.read()
     try:
@@ -151,11 +114,7 @@ def segment(model, variables, path: str, *, scale=(2048, 512), mode: str = "whol
 def write_segmentation(image: np.ndarray, classes: np.ndarray, output: str, num_classes: int) -> str:
     """The colour-coded mask at `output` and the image blended with it at NAME_overlay.png; returns the
     overlay's path."""
-    from PIL import Image
-
-    from swin_jax.data.ade20k import palette
-
-    colours = palette(num_classes)[classes]
+    colours = ade20k.palette(num_classes)[classes]
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     Image.fromarray(colours).save(output)
     stem, ext = os.path.splitext(output)
@@ -166,19 +125,11 @@ def write_segmentation(image: np.ndarray, classes: np.ndarray, output: str, num_
 
 def segmentation_class_names(num_classes: int, config=None) -> list[str]:
     if config is not None and config.get("task") == "segmentation":
-        from swin_jax.tasks.segmentation import class_names_for
-
         return list(class_names_for(config.input, num_classes,
-                                    _scene_names() if config.input.dataset == "demo_scenes" else None))
+                                    SCENE_CLASSES if config.input.dataset == "demo_scenes" else None))
     if num_classes == 150:
-        from swin_jax.data.ade20k import CLASSES
-        return list(CLASSES)
+        return list(ade20k.CLASSES)
     return [f"class {i}" for i in range(num_classes)]
-
-
-def _scene_names():
-    from swin_jax.data.scenes import SCENE_CLASSES
-    return SCENE_CLASSES
 
 
 def main(argv=None) -> int:
@@ -205,8 +156,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         config = None
-        if is_training_workdir(args.checkpoint):
-            model, variables, config = load_workdir(args.checkpoint)
+        if workdir.is_training_workdir(args.checkpoint):
+            model, variables, config = workdir.load_workdir(args.checkpoint)
         else:
             model, variables = load(args.checkpoint, args.model)
         if hasattr(model, "backbone"):
@@ -233,11 +184,6 @@ def main(argv=None) -> int:
 
 
 def _reconstruct_main(args, model, variables, config) -> int:
-    from PIL import Image
-
-    from swin_jax.data.on_device import simmim_masks
-    from swin_jax.tasks.simmim import triptych
-
     if not args.output:
         print("error: a SimMIM model needs --output (where original | masked | reconstruction goes)",
               file=sys.stderr)

@@ -81,7 +81,7 @@ def test_init_from_a_converted_directory_fits_our_own_parameters(tmp_path, monke
     model at 384 / window 12 with 10 classes: bias tables resampled, the embedding resized and the head
     reset on our own parameter tree, exactly as converting the PyTorch file to that model does."""
     from swin_jax import checkpoint
-    from swin_jax.convert import layouts, loader
+    from swin_jax.convert import fitting, layouts
     from swin_jax.train.loop import load_init
 
     hf = hf_tiny(use_absolute_embeddings=True)
@@ -101,7 +101,7 @@ def test_init_from_a_converted_directory_fits_our_own_parameters(tmp_path, monke
         raise AssertionError("went through the timm layout")
 
     monkeypatch.setattr(layouts, "to_timm_layout", refuse)
-    monkeypatch.setattr(loader, "export_timm_state_dict", refuse)
+    monkeypatch.setattr(fitting, "export_timm_state_dict", refuse)
     params = load_init(str(tmp_path / "ape"), target)["params"]
     assert params["absolute_pos_embed"].shape == (1, 96, 96, 96)
     assert params["layers_0"]["blocks"]["block0"]["attn"]["relative_position_bias_table"].shape == (1, 23 * 23, 3)

@@ -6,7 +6,7 @@ from flax import traverse_util
 
 from configs import swin_b
 from swin_jax.convert import layouts
-from swin_jax.convert.loader import expected_params
+from swin_jax.convert.fitting import expected_params
 from swin_jax.models import create_model
 from swin_jax.train import optim
 

@@ -125,7 +125,7 @@ def test_parameter_groups_are_the_official_ones():
     """mmcv's custom_keys rule: no decay exactly for names containing 'norm' or 'relative_position_bias_table'
     (every backbone LayerNorm, weight and bias); biases, convolutions and the heads' BatchNorm decay.
     Checked by name on our tree and, independently, on the PyTorch names of the same model."""
-    from swin_jax.convert.segmentation import export_huggingface_upernet
+    from swin_jax.convert.segmenter import export_huggingface_upernet
 
     config = seg_config.get_config()
     model = swin_jax.create_model("upernet_swin_tiny_patch4_window7_224", num_classes=11, img_size=64, embed_dim=16,

@@ -14,8 +14,8 @@ from transformers import SwinConfig, SwinForMaskedImageModeling, Swinv2Config, S
 
 import swin_jax
 from swin_jax.convert import ConversionError, load_pytorch_checkpoint
-from swin_jax.convert.loader import export_timm_state_dict, load_weights
-from swin_jax.convert.simmim import convert_mim_state_dict, export_huggingface_mim
+from swin_jax.convert import export_timm_state_dict, load_weights
+from swin_jax.convert.masked_image import convert_mim_state_dict, export_huggingface_mim
 from swin_jax.data.on_device import simmim_mask_count, simmim_masks
 from swin_jax.models.simmim import norm_targets, pixel_shuffle
 from references import check_close, images, numpy_state, randomize

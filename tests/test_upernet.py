@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from transformers import SwinConfig, Swinv2Config, UperNetConfig, UperNetForSemanticSegmentation
 
 import swin_jax
-from swin_jax.convert import ConversionError, convert_state_dict
-from swin_jax.convert.segmentation import convert_segmenter_state_dict, load_segmenter_checkpoint
+from swin_jax.convert import ConversionError, convert_state_dict, load_pytorch_checkpoint
+from swin_jax.convert.segmenter import convert_segmenter_state_dict
 from swin_jax.models import layers
 from references import check_close, images, numpy_state, param_count, randomize
 
@@ -103,6 +103,68 @@ def test_hugging_face_upernet_swin_tiny_parity_at_512():
     variables = convert_segmenter_state_dict(numpy_state(hf), model)
     x = images(1, 512, 512)
     check_close("UPerNet Swin-T 512x512", np.asarray(jax.jit(model.apply)(variables, x)), hf_logits(hf, x)[0])
+
+
+def randomize_near_one(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every tensor random as a user would draw it, block post-norms included: LayerNorm and BatchNorm
+    weights in 0.5..1.5, biases N(0, 0.1), other weights N(0, 0.02), logit_scale in 1..3, BatchNorm
+    running statistics random."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("logit_scale"):
+                p.copy_(1 + 2 * torch.rand(p.shape, generator=g))
+            elif p.ndim == 1 and name.endswith("weight"):
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+        for name, buffer in module.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.copy_(0.2 * torch.randn(buffer.shape, generator=g))
+            elif name.endswith("running_var"):
+                buffer.copy_(0.5 + torch.rand(buffer.shape, generator=g))
+    return module.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["tiny", "base"])
+def test_hugging_face_upernet_swinv2_parity_at_full_size(size):
+    """The real V2-T and V2-B backbones (window 8, 256) under Hugging Face's UperNet, with the tests'
+    randomisation (post-norm weights near 0.25) and with every weight near 1: logits and the four stage
+    maps within 1e-5 of the largest value at 256x256 and at two sizes where every stage pads."""
+    arch = {"tiny": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]),
+            "base": dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32])}[size]
+    backbone = Swinv2Config(image_size=256, window_size=8, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            hidden_act="gelu", layer_norm_eps=1e-5, **arch)
+    hf = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, num_labels=10, hidden_size=64,
+                                                      auxiliary_channels=32))
+    model = swin_jax.create_model(f"upernet_swinv2_{size}_window8_256", num_classes=10, channels=64,
+                                  auxiliary_channels=32)
+    forward = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))
+    for randomisation in (randomize, randomize_near_one):
+        randomisation(hf)
+        if randomisation is randomize:
+            with torch.no_grad():
+                for name, buffer in hf.named_buffers():
+                    if name.endswith("running_var"):
+                        buffer.uniform_(0.5, 1.5)
+        variables = convert_segmenter_state_dict(numpy_state(hf), model)
+        for h, w in ((256, 256), (200, 296), (330, 250)):
+            x = images(1, h, w, seed=h)
+            pixels = torch.from_numpy(x).permute(0, 3, 1, 2)
+            with torch.no_grad():
+                want_maps = [f.permute(0, 2, 3, 1).numpy() for f in hf.backbone(pixels).feature_maps]
+                want = hf(pixels).logits.permute(0, 2, 3, 1).numpy()
+            logits, state = forward(variables, x)
+            got_maps = [np.asarray(state["intermediates"]["backbone"][f"stage{i}"][0]) for i in range(4)]
+            label = f"UPerNet V2-{size} ({randomisation.__name__}) {h}x{w}"
+            for name, got_i, want_i in zip(["logits", "stage0", "stage1", "stage2", "stage3"],
+                                           [np.asarray(logits)] + got_maps, [want] + want_maps):
+                error = np.abs(got_i - want_i).max() / np.abs(want_i).max()
+                print(f"{label} {name}: {error:.2e} of the largest value")
+                assert error < 1e-5, (label, name, error)
 
 
 def test_gradients_and_batch_statistics_match_torch_autograd():
@@ -304,7 +366,7 @@ def test_slide_on_one_crop_equals_whole():
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_export_to_hugging_face_round_trips_and_loads_strictly(version, tmp_path):
     from safetensors.numpy import save_file
-    from swin_jax.convert.segmentation import export_huggingface_upernet
+    from swin_jax.convert.segmenter import export_huggingface_upernet
 
     hf = hf_upernet(version)
     model = ours(version)
@@ -322,7 +384,7 @@ def test_export_to_hugging_face_round_trips_and_loads_strictly(version, tmp_path
     fresh.load_state_dict(load_file(str(path)), strict=True)
     x = images(1, 70, 93)
     chex.assert_trees_all_equal(hf_logits(fresh, x), hf_logits(hf, x))
-    chex.assert_trees_all_equal(load_segmenter_checkpoint(path, model), variables)
+    chex.assert_trees_all_equal(load_pytorch_checkpoint(path, model), variables)
 
 
 def test_convert_cli_for_segmenters(tmp_path, capsys):

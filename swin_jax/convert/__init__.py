@@ -1,12 +1,95 @@
 """PyTorch Swin checkpoints (official, timm, Hugging Face; UPerNet segmenters from Hugging Face and
-mmsegmentation) -> swin_jax, and back to timm / Hugging Face."""
+mmsegmentation; SimMIM from Hugging Face and the official code) -> swin_jax, and back.
 
-from swin_jax.convert.loader import (convert_state_dict, export_timm_state_dict, load_pytorch_checkpoint,
-                                     read_class_map)
+The core (`reader`, `layouts`, `resample`, `fitting`) knows files, key layouts and a Swin's parameter
+tree; one module per kind of model (`classifier`, `segmenter`, `masked_image`) knows its heads. This
+module picks the kind from the model, in one table: a new kind is one module and one row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable
+
+import numpy as np
+
+from swin_jax import workdir
+from swin_jax.convert import classifier, masked_image, segmenter
+from swin_jax.convert.classifier import read_class_map
+from swin_jax.convert.fitting import export_timm_state_dict
 from swin_jax.convert.reader import ConversionError, read_state_dict
-from swin_jax.convert.segmentation import (convert_segmenter_state_dict, export_huggingface_upernet,
-                                           load_segmenter_checkpoint)
+from swin_jax.models.simmim import SimMIM
+from swin_jax.models.swin import Swin
+from swin_jax.models.upernet import UPerNet
 
-__all__ = ["ConversionError", "convert_segmenter_state_dict", "convert_state_dict", "export_huggingface_upernet",
-           "export_timm_state_dict", "load_pytorch_checkpoint", "load_segmenter_checkpoint", "read_class_map",
-           "read_state_dict"]
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """How one kind of model is converted. `convert(state, model, *, source, **options)` takes a PyTorch
+    state dict, `fit_saved(saved_model, variables, model, *, source, **options)` a saved JAX model's,
+    `export(variables, model)` gives the PyTorch state dict in `export_layout`; `init_options` are what
+    starting a training run from a file adds to `convert`'s."""
+
+    model: type
+    convert: Callable[..., dict]
+    fit_saved: Callable[..., dict]
+    export: Callable[..., dict]
+    export_layout: str
+    init_options: tuple[tuple[str, object], ...] = ()
+
+
+KINDS = (
+    Kind(UPerNet, segmenter.convert_segmenter_state_dict, segmenter.fit_saved, segmenter.export_huggingface_upernet,
+         "Hugging Face UperNetForSemanticSegmentation"),
+    Kind(SimMIM, masked_image.convert_mim_state_dict, masked_image.fit_saved, masked_image.export_huggingface_mim,
+         "Hugging Face Swin(v2)ForMaskedImageModeling"),
+    Kind(Swin, classifier.convert_state_dict, classifier.fit_saved, export_timm_state_dict, "timm",
+         init_options=(("encoder_of_mim", True),)),
+)
+
+
+def kind_of(model) -> Kind:
+    for kind in KINDS:
+        if isinstance(model, kind.model):
+            return kind
+    raise TypeError(f"no converter for a {type(model).__name__}: expected one of "
+                    f"{', '.join(k.model.__name__ for k in KINDS)}")
+
+
+def convert_state_dict(state: dict, model, *, source: str = "checkpoint", **options) -> dict:
+    """A PyTorch state dict -> Flax variables for `model`, whatever its kind (classifier: `class_map`,
+    `encoder_of_mim`; segmenter: `backbone_only`, `require_heads`)."""
+    return kind_of(model).convert(state, model, source=source, **options)
+
+
+def load_pytorch_checkpoint(path: str | os.PathLike, model, **options) -> dict:
+    """Flax variables for `model` from a PyTorch checkpoint file (.pth/.pt/.bin/.safetensors): a
+    classifier's, a segmenter's or a SimMIM model's, as `model` is."""
+    return convert_state_dict(read_state_dict(path), model, source=str(path), **options)
+
+
+def load_weights(path: str | os.PathLike, model, *, class_map: np.ndarray | None = None) -> dict:
+    """Flax variables for `model` to start from (config.init_from): a converted directory
+    (`python -m swin_jax.convert`), a train.py workdir or a PyTorch checkpoint file, fitted to it as
+    `fitting.fit_params` says (another window, resolution or head works; a SimMIM model gives its
+    encoder, a classifier a segmenter's backbone)."""
+    kind = kind_of(model)
+    options = {"class_map": class_map} if class_map is not None else {}
+    saved = workdir.load_saved(path)
+    if saved is not None:
+        return kind.fit_saved(*saved, model, source=str(path), **options)
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path} is neither a converted model directory (config.json and params/), a "
+                              f"train.py workdir (config.json and checkpoints/) nor a checkpoint file")
+    return kind.convert(read_state_dict(path), model, source=str(path), **dict(kind.init_options), **options)
+
+
+def export_state_dict(variables: dict, model) -> tuple[dict[str, np.ndarray], str]:
+    """(the PyTorch state dict of `model`'s variables, float32 numpy; the layout it is in)."""
+    kind = kind_of(model)
+    return kind.export(variables, model), kind.export_layout
+
+
+__all__ = ["ConversionError", "KINDS", "convert_state_dict", "export_state_dict", "export_timm_state_dict",
+           "kind_of", "load_pytorch_checkpoint", "load_weights", "read_class_map", "read_state_dict"]

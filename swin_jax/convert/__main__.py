@@ -18,12 +18,10 @@ import os
 import sys
 import tempfile
 
+from safetensors.numpy import save_file
+
 from swin_jax import checkpoint
-from swin_jax.convert.loader import export_timm_state_dict, load_pytorch_checkpoint, read_class_map
-from swin_jax.convert.reader import ConversionError
-from swin_jax.convert.segmentation import export_huggingface_upernet, load_segmenter_checkpoint
-from swin_jax.convert.simmim import export_huggingface_mim
-from swin_jax.models.simmim import SimMIM
+from swin_jax.convert import ConversionError, export_state_dict, load_pytorch_checkpoint, read_class_map
 from swin_jax.models import create_model
 from swin_jax.models.upernet import UPerNet
 
@@ -58,30 +56,21 @@ def to_jax(args) -> None:
         class_map = read_class_map(args.map_22k_to_1k)
         overrides.setdefault("num_classes", len(class_map))
     model = create_model(args.model, **overrides)
+    options = dict(class_map=class_map) if class_map is not None else {}
     if isinstance(model, UPerNet):
-        variables = load_segmenter_checkpoint(args.checkpoint, model, backbone_only=args.backbone_only,
-                                              require_heads=not args.backbone_only)
-    else:
-        variables = load_pytorch_checkpoint(args.checkpoint, model, class_map=class_map)
+        options = dict(backbone_only=args.backbone_only, require_heads=not args.backbone_only)
+    variables = load_pytorch_checkpoint(args.checkpoint, model, **options)
     checkpoint.save_pretrained(args.output, variables, args.model, overrides)
     print(f"wrote {args.output} ({args.model}, {overrides or 'default config'})")
 
 
 def to_pytorch(args) -> None:
-    from safetensors.numpy import save_file
-
     if not args.output.endswith(".safetensors"):
         raise ValueError(f"--output {args.output}: exports are written as .safetensors")
     if os.path.exists(args.output):
         raise FileExistsError(f"output file already exists: {args.output}")
     model, variables, config = checkpoint.load_pretrained(args.checkpoint)
-    segmenter, mim = isinstance(model, UPerNet), isinstance(model, SimMIM)
-    if segmenter:
-        state, layout = export_huggingface_upernet(variables, model), "Hugging Face UperNetForSemanticSegmentation"
-    elif mim:
-        state, layout = export_huggingface_mim(variables, model), "Hugging Face ForMaskedImageModeling"
-    else:
-        state, layout = export_timm_state_dict(variables, model), "timm"
+    state, layout = export_state_dict(variables, model)
     directory = os.path.dirname(os.path.abspath(args.output))
     fd, staging = tempfile.mkstemp(suffix=".safetensors", dir=directory)
     os.close(fd)

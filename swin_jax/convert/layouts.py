@@ -1,9 +1,11 @@
-"""The three PyTorch key layouts of Swin V1 and V2, and the map between timm's keys and our parameters.
+"""The three PyTorch key layouts of Swin V1 and V2, the map between timm's keys and our parameters, and
+what a file's top-level prefixes say it holds.
 
 Every checkpoint is first renamed to timm's layout (the official and Hugging Face layouts differ from
 it only in names, the position of patch merging and split q/k/v), then matched against the model's
 parameters one to one. Buffers (relative position indices, V2's coordinate tables, shift masks, a
-zero k bias) are set aside in every layout: they are recomputed, never loaded.
+zero k bias) are set aside in every layout: they are recomputed, never loaded. Hugging Face's names
+are also written back (`huggingface_swin_keys`), for the segmenter's and SimMIM's exports.
 """
 
 from __future__ import annotations
@@ -191,3 +193,86 @@ def describe(state: dict) -> dict:
     if "head.fc.weight" in state:
         info["num_classes"] = int(state["head.fc.weight"].shape[0])
     return info
+
+
+def _huggingface_block_key(rest: str, v2: bool) -> str:
+    """A timm block key (after `blocks.j.`) -> Hugging Face's (SwinBackbone's names, Swinv2Backbone's)."""
+    renames = [("norm1.", "layernorm_before."), ("norm2.", "layernorm_after.")]
+    if v2:
+        renames += [("attn.q_bias", "attention.self.query.bias"), ("attn.v_bias", "attention.self.value.bias"),
+                    ("attn.logit_scale", "attention.self.logit_scale"),
+                    ("attn.cpb_mlp.", "attention.self.continuous_position_bias_mlp."),
+                    ("attn.proj.", "attention.output.dense."), ("mlp.fc1.", "intermediate.dense."),
+                    ("mlp.fc2.", "output.dense.")]
+    else:
+        renames += [("attn.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table"),
+                    ("attn.proj.", "attention.o_proj.")]
+    for old, new in renames:
+        if rest.startswith(old):
+            return new + rest[len(old):]
+    return rest
+
+
+def huggingface_swin_keys(timm: dict, top: str, v2: bool, stage_norms: str = "") -> dict[str, np.ndarray]:
+    """A timm-layout Swin state dict in Hugging Face's names under `top` ("swin.", "backbone.", ...):
+    SwinModel's / Swinv2Model's embeddings, encoder layers (patch merging at the end of a stage, split
+    q/k/v) and final `layernorm`; stage-map norms `normI` under `stage_norms` + "stage{I+1}"."""
+    out = {}
+    for key, value in timm.items():
+        key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) - 1}.downsample", key)
+        norm = re.match(r"^norm(\d+)\.(weight|bias)$", key)
+        block = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(.*)$", key)
+        if norm:
+            out[f"{stage_norms}stage{int(norm[1]) + 1}.{norm[2]}"] = value
+        elif key.startswith("norm."):
+            out[top + "layernorm." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("patch_embed.proj."):
+            out[top + "embeddings.patch_embeddings.projection." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("patch_embed.norm."):
+            out[top + "embeddings.norm." + key.rsplit(".", 1)[1]] = value
+        elif block and block[3].startswith("attn.qkv."):
+            prefix = f"{top}encoder.layers.{block[1]}.blocks.{block[2]}.attention."
+            names = ("self.query", "self.key", "self.value") if v2 else ("q_proj", "k_proj", "v_proj")
+            for name, part in zip(names, np.split(value, 3)):
+                out[f"{prefix}{name}.{block[3].rsplit('.', 1)[1]}"] = np.ascontiguousarray(part)
+        elif block:
+            out[f"{top}encoder.layers.{block[1]}.blocks.{block[2]}.{_huggingface_block_key(block[3], v2)}"] = value
+        else:
+            out[top + "encoder." + key] = value
+    return out
+
+
+# What a file holds, from its keys: UPerNet heads (Hugging Face and mmseg name them alike), SimMIM's
+# mask token and decoder (official: encoder.*, Hugging Face: swin.* / swinv2.*).
+SEGMENTER_HEADS = ("decode_head", "auxiliary_head")
+MIM_DECODER = ("decoder.0.weight", "decoder.0.bias")
+_MASK_TOKEN = re.compile(r"^(encoder|swin|swinv2)\.(embeddings\.)?mask_token$")
+
+
+def is_segmenter_state(state: dict) -> bool:
+    return any(k.startswith(tuple(f"{h}." for h in SEGMENTER_HEADS)) for k in state)
+
+
+def is_mim_state(state: dict) -> bool:
+    return any(k.startswith("decoder.0.") for k in state) or any(_MASK_TOKEN.match(k) for k in state)
+
+
+def split_mim_state(state: dict, source: str) -> tuple[dict, np.ndarray | None, dict]:
+    """(encoder state in a classifier's layout, the mask token (C,) or None, decoder tensors) of a
+    SimMIM state dict."""
+    tops = sorted({k.split(".", 1)[0] for k in state})
+    unknown = [t for t in tops if t not in ("encoder", "swin", "swinv2", "decoder")]
+    if unknown or not any(t in tops for t in ("encoder", "swin", "swinv2")):
+        raise ConversionError(f"{source}: not a SimMIM checkpoint (expected encoder.* or swin.* / swinv2.* and "
+                              f"decoder.0.*), found the prefixes {', '.join(tops)}")
+    token, encoder, decoder = None, {}, {}
+    for key, value in state.items():
+        if _MASK_TOKEN.match(key):
+            token = np.asarray(value).reshape(-1)
+        elif key.startswith("decoder."):
+            decoder[key] = np.asarray(value)
+        elif key.startswith("encoder."):  # the official layout: a Swin classifier's keys under encoder.
+            encoder[key[len("encoder."):]] = value
+        else:  # Hugging Face: swin.* / swinv2.* are read as they are
+            encoder[key] = value
+    return encoder, token, decoder

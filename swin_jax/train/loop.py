@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from swin_jax import checkpoint, data
+from swin_jax.convert import load_weights, read_class_map
 from swin_jax.models import registry
 from swin_jax.tasks import get_task
 from swin_jax.train import optim, sharding
@@ -76,8 +77,6 @@ def load_init(path: str, model, class_map_path: str = ""):
     """Parameters for `model` from a converted directory or a PyTorch checkpoint file, fitted to it as the
     converter fits them (bias tables resampled, position embedding resized, a head for other classes
     reset, a 22K head narrowed with `class_map_path`)."""
-    from swin_jax.convert.loader import load_weights, read_class_map
-
     if not os.path.exists(path):
         raise TrainingError(f"config.init_from={path!r} is neither a converted model directory nor a file")
     class_map = read_class_map(class_map_path) if class_map_path else None

@@ -1,11 +1,12 @@
-"""PyTorch state dicts and converted directories -> swin_jax variables (with strict accounting of every
-tensor, and fitting to another window, resolution or head), and swin_jax variables -> timm's layout."""
+"""Fitting tensors to a Swin's parameter tree, with strict accounting: a PyTorch Swin state dict (any
+layout) or a saved model's arrays -> a model's variables, fitted to another window, resolution or head
+where fine-tuning asks for it; and a Swin's parameters back in timm's layout. Every kind of model
+(classifier, segmenter, masked-image model) holds a Swin and goes through here for it."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 from typing import Callable
 
@@ -15,7 +16,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from swin_jax.convert import layouts, resample
-from swin_jax.convert.reader import ConversionError, read_state_dict
+from swin_jax.convert.reader import ConversionError
 from swin_jax.models import registry, windows
 from swin_jax.models.layers import trunc_normal
 from swin_jax.models.swin import Swin, stack_blocks, unstack_blocks
@@ -64,32 +65,6 @@ TORCH_NAMES = Naming(layouts.timm_key, layouts.torch_shape)
 FLAX_NAMES = Naming(lambda path: "/".join(path), lambda path, shape: tuple(shape))
 
 
-def convert_state_dict(state: dict, model: Swin, *, class_map: np.ndarray | None = None,
-                       source: str = "checkpoint", encoder_of_mim: bool = False) -> dict:
-    """A PyTorch Swin state dict (any of the three layouts) -> Flax variables for `model`: renamed to our
-    parameter paths, then fitted to the model by `fit_params`. A SimMIM checkpoint gives its encoder
-    only with `encoder_of_mim` (fine-tuning from it: config.init_from); otherwise it is an error."""
-    from swin_jax.convert import simmim
-
-    if any(k.startswith(("decode_head.", "auxiliary_head.")) for k in state):
-        raise ConversionError(f"{source} holds a UPerNet segmenter (decode_head.*), and {registry.describe(model)} is "
-                              f"a classifier: create the model as 'upernet_' + its name")
-    if simmim.is_mim_state(state):
-        if not encoder_of_mim:
-            raise ConversionError(f"{source} holds a SimMIM model (mask token, decoder.0.*), and "
-                                  f"{registry.describe(model)} is a classifier: load it into 'simmim_' + its name, "
-                                  f"or fine-tune from its encoder with config.init_from")
-        state = simmim.encoder_state(state, source)
-    layout, state, buffers = layouts.to_timm_layout(state)
-    _check_relative_index(buffers, source)
-    tensors = {}
-    for key, value in state.items():
-        path = layouts.flax_path(key, np.ndim(value))
-        tensors[path] = layouts.torch_to_flax(path, np.asarray(value))
-    return fit_params(tensors, model, class_map=class_map, source=f"{source} ({layout} layout)", naming=TORCH_NAMES,
-                      found=layouts.describe(state))
-
-
 def fit_params(tensors: dict, model: Swin, *, class_map: np.ndarray | None = None, source: str = "checkpoint",
                naming: Naming = FLAX_NAMES, found: dict | None = None) -> dict:
     """Flax variables for `model` from `tensors`, {unrolled parameter path: array in our layout}.
@@ -133,53 +108,33 @@ def fit_params(tensors: dict, model: Swin, *, class_map: np.ndarray | None = Non
     return {"params": stack_blocks(tree) if model.scan_blocks else tree}
 
 
-def saved_model(path: str):
-    """(model, variables) of a converted directory or a train.py workdir (its best or latest step), else None."""
-    from swin_jax import checkpoint
-    from swin_jax.predict import is_training_workdir, load_workdir
+def swin_params(state: dict, model: Swin, *, class_map: np.ndarray | None = None,
+                source: str = "checkpoint") -> dict:
+    """A PyTorch Swin state dict (official, timm or Hugging Face layout) -> {"params"} of the Swin `model`:
+    buffers checked and set aside, keys renamed to our parameter paths, then fitted by `fit_params`."""
+    layout, state, buffers = layouts.to_timm_layout(state)
+    _check_relative_index(buffers, source)
+    tensors = {}
+    for key, value in state.items():
+        path = layouts.flax_path(key, np.ndim(value))
+        tensors[path] = layouts.torch_to_flax(path, np.asarray(value))
+    return fit_params(tensors, model, class_map=class_map, source=f"{source} ({layout} layout)", naming=TORCH_NAMES,
+                      found=layouts.describe(state))
 
-    if checkpoint.is_pretrained_dir(path):
-        return checkpoint.load_pretrained(path)[:2]
-    if is_training_workdir(path):
-        model, variables, _ = load_workdir(path)
-        return model, jax.device_get(variables)  # host arrays: the caller may be inside another mesh
-    return None
+
+def saved_swin_tensors(model: Swin, params: dict) -> tuple[dict, dict]:
+    """(tensors by unrolled parameter path, the hyper-parameters that made them) of a saved Swin's
+    parameters: what `fit_params` takes as `tensors` and `found`."""
+    tensors = flatten_dict(jax.device_get(unstack_blocks(params) if model.scan_blocks else params))
+    found = {f: getattr(model, f) for f in registry.SHAPE_FIELDS}
+    found["version"] = registry.version(model)
+    return tensors, found
 
 
-def load_weights(path: str, model: Swin, *, class_map: np.ndarray | None = None) -> dict:
-    """Flax variables for `model` from a converted directory (`python -m swin_jax.convert`), a train.py
-    workdir or a PyTorch checkpoint file, fitted to it as `fit_params` says: another window, resolution
-    or head works; a SimMIM model gives its encoder."""
-    from swin_jax.models.upernet import UPerNet
-
-    from swin_jax.models.simmim import SimMIM
-
-    if isinstance(model, UPerNet):
-        from swin_jax.convert.segmentation import load_segmenter_weights
-
-        return load_segmenter_weights(path, model)
-    if isinstance(model, SimMIM):
-        from swin_jax.convert.simmim import load_mim_weights
-
-        return load_mim_weights(path, model)
-    saved = saved_model(path)
-    if saved:
-        source, variables = saved
-        params = variables["params"]
-        if isinstance(source, UPerNet):
-            raise ConversionError(f"{path} holds {registry.describe(source)}; a classifier cannot start from it")
-        if isinstance(source, SimMIM):
-            log.warning("%s is a SimMIM model: only its encoder is taken (mask token and decoder left out)", path)
-            source, params = source.encoder, {k: v for k, v in params["encoder"].items() if k != "mask_token"}
-        tensors = flatten_dict(jax.device_get(unstack_blocks(params) if source.scan_blocks else params))
-        found = {f: getattr(source, f) for f in registry.SHAPE_FIELDS}
-        found["version"] = registry.version(source)
-        return fit_params(tensors, model, class_map=class_map, source=str(path), found=found)
-    if not os.path.isfile(path):
-        raise ConversionError(f"{path} is neither a converted model directory (config.json and params/) nor a "
-                              f"checkpoint file")
-    return convert_state_dict(read_state_dict(path), model, class_map=class_map, source=str(path),
-                              encoder_of_mim=True)
+def same_tree(target, variables) -> bool:
+    """Whether `variables` has exactly the structure and shapes of `target` (e.g. `jax.eval_shape` of init)."""
+    return jax.tree.structure(target) == jax.tree.structure(variables) and all(
+        a.shape == b.shape for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(variables)))
 
 
 def _fit(path, key, value, shape, class_map):
@@ -232,23 +187,6 @@ def _check_relative_index(buffers: dict, source: str):
                                   f"{window}x{window} window; this checkpoint indexes its bias table differently")
 
 
-def load_pytorch_checkpoint(path, model, *, class_map=None) -> dict:
-    """Flax variables for `model` from a PyTorch Swin checkpoint file (.pth/.pt/.bin/.safetensors); for a
-    UPerNet segmenter, `segmentation.load_segmenter_checkpoint`'s; for SimMIM, `simmim.load_mim_checkpoint`'s."""
-    from swin_jax.models.simmim import SimMIM
-    from swin_jax.models.upernet import UPerNet
-
-    if isinstance(model, UPerNet):
-        from swin_jax.convert.segmentation import load_segmenter_checkpoint
-
-        return load_segmenter_checkpoint(path, model)
-    if isinstance(model, SimMIM):
-        from swin_jax.convert.simmim import load_mim_checkpoint
-
-        return load_mim_checkpoint(path, model)
-    return convert_state_dict(read_state_dict(path), model, class_map=class_map, source=str(path))
-
-
 def export_timm_state_dict(variables: dict, model: Swin) -> dict[str, np.ndarray]:
     """Flax variables -> a timm-layout state dict of float32 numpy arrays."""
     params = variables.get("params", variables)
@@ -259,16 +197,3 @@ def export_timm_state_dict(variables: dict, model: Swin) -> dict[str, np.ndarray
         raise ConversionError("timm's Swin has no absolute position embedding (ape=True cannot be exported)")
     return {layouts.timm_key(path): np.ascontiguousarray(layouts.flax_to_torch(path, np.asarray(v, np.float32)))
             for path, v in flat.items()}
-
-
-def read_class_map(path) -> np.ndarray:
-    """The official `map22kto1k.txt`: 1000 lines, each the ImageNet-22K index of one 1K class."""
-    try:
-        with open(path) as f:
-            rows = [line.strip() for line in f if line.strip()]
-        indices = np.array([int(r) for r in rows], np.int64)
-    except (OSError, ValueError) as e:
-        raise ConversionError(f"{path}: not a readable class map (one integer index per line): {e}") from None
-    if indices.min(initial=0) < 0 or indices.max(initial=0) >= IMAGENET_22K_CLASSES:
-        raise ConversionError(f"{path}: indices must lie in 0..{IMAGENET_22K_CLASSES - 1}")
-    return indices

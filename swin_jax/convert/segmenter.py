@@ -1,7 +1,7 @@
 """PyTorch UPerNet checkpoints -> swin_jax segmenters: Hugging Face's UperNetForSemanticSegmentation
 (`backbone.*`, `decode_head.*`, `auxiliary_head.*`) and the official mmsegmentation checkpoints of the
 Swin semantic-segmentation code (`backbone.*` in the official Swin layout, `decode_head.conv_seg`, BN
-layers named `bn`). The backbone goes through the classifier's converter; the heads are matched here
+layers named `bn`). The backbone is fitted as any Swin is (`fitting`); the heads are matched here
 with the same strict accounting, BatchNorm running statistics into `batch_stats`.
 
 A classification checkpoint initialises the backbone of a segmenter (its heads stay freshly
@@ -19,23 +19,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from swin_jax.convert import layouts, simmim
-from swin_jax.convert.loader import accounting_error, convert_state_dict, export_timm_state_dict
-from swin_jax.convert.reader import ConversionError, read_state_dict
+from swin_jax.convert import fitting, layouts
+from swin_jax.convert.fitting import accounting_error, export_timm_state_dict
+from swin_jax.convert.reader import ConversionError
 from swin_jax.models import registry
+from swin_jax.models.simmim import SimMIM
 from swin_jax.models.upernet import UPerNet
 
 log = logging.getLogger(__name__)
 
-HEADS = ("decode_head", "auxiliary_head")
+HEADS = layouts.SEGMENTER_HEADS
 # The final LayerNorm of HF's SwinModel inside its SwinBackbone: built, never applied to a stage map.
 UNUSED_BACKBONE_KEYS = re.compile(r"^(swin|swinv2)\.layernorm\.(weight|bias)$")
 # Classifier tensors a classification checkpoint brings that a backbone has no place for.
 CLASSIFIER_ONLY = ("head.fc.weight", "head.fc.bias", "norm.weight", "norm.bias")
-
-
-def is_segmenter_state(state: dict) -> bool:
-    return any(k.startswith(tuple(f"{h}." for h in HEADS)) for k in state)
 
 
 def _head_name(key: str) -> tuple[str, tuple[str, ...]] | None:
@@ -80,7 +77,7 @@ def fresh_stage_norms(model: UPerNet) -> dict[str, tuple[np.ndarray, np.ndarray]
 def split_segmenter_state(state: dict, source: str, backbone_only: bool = False) -> tuple[dict, dict, str]:
     """(backbone tensors without their prefix, head tensors, what the file holds) of a state dict."""
     prefixes = sorted({k.split(".", 1)[0] for k in state})
-    if "backbone" in prefixes and not is_segmenter_state(state):
+    if "backbone" in prefixes and not layouts.is_segmenter_state(state):
         if not backbone_only:
             raise ConversionError(f"{source} holds a backbone with other parts ({', '.join(prefixes)}), not a "
                                   f"UPerNet segmenter (no decode_head.*): to take its backbone only, ask for it "
@@ -105,12 +102,13 @@ def convert_segmenter_state_dict(state: dict, model: UPerNet, *, source: str = "
     with a warning."""
     if not isinstance(model, UPerNet):
         raise TypeError(f"convert_segmenter_state_dict needs a UPerNet model, got {type(model).__name__}")
-    if simmim.is_mim_state(state):  # its encoder is a classifier without a head
-        state = simmim.encoder_state(state, source)
+    if layouts.is_mim_state(state):  # its encoder is a classifier without a head
+        log.warning("%s is a SimMIM checkpoint: only its encoder is taken (mask token and decoder left out)", source)
+        state = layouts.split_mim_state(state, source)[0]
     backbone_state, head_state, kind = split_segmenter_state(state, source, backbone_only)
     if require_heads and kind != "segmenter":
         raise ConversionError(f"{source} holds a {kind} checkpoint, no UPerNet heads (decode_head.*) for "
-                              f"{describe(model)}; a segmenter can take its backbone when training starts "
+                              f"{registry.describe(model)}; a segmenter can take its backbone when training starts "
                               f"(config.init_from), with freshly initialised heads")
     if kind == "classifier":  # in timm's names, where its final norm and head are plain to see
         _, tensors, buffers = layouts.to_timm_layout(backbone_state)
@@ -126,7 +124,7 @@ def convert_segmenter_state_dict(state: dict, model: UPerNet, *, source: str = "
             if f"{name}.weight" not in backbone_state:
                 backbone_state[f"{name}.weight"], backbone_state[f"{name}.bias"] = scale, bias
                 fresh_norms.append(name)
-    backbone = convert_state_dict(backbone_state, model.backbone, source=f"{source} (backbone)")["params"]
+    backbone = fitting.swin_params(backbone_state, model.backbone, source=f"{source} (backbone)")["params"]
 
     fresh = jax.jit(model.init_heads)(jax.random.key(0))
     expected = {c: flatten_dict(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), v))
@@ -161,69 +159,12 @@ def convert_segmenter_state_dict(state: dict, model: UPerNet, *, source: str = "
             variables[collection][path] = jnp.array(value, spec.dtype)  # a copy: never a view of the caller's arrays
     unexpected = [f"{_torch_key(c, p)} {v.shape}" for (c, p), v in tensors.items() if p not in expected[c]]
     if missing or unexpected or mismatched:
-        raise accounting_error([f"{source} does not fit the heads of {describe(model)}:"], missing, unexpected,
+        raise accounting_error([f"{source} does not fit the heads of {registry.describe(model)}:"], missing, unexpected,
                                mismatched)
     if dropped:
         log.warning("%s: the classifiers have another number of classes than the model's %d: %s dropped and "
                     "freshly initialised", source, model.num_classes, ", ".join(sorted(dropped)))
     return {c: unflatten_dict(v) for c, v in variables.items()}
-
-
-describe = registry.describe
-
-
-def load_segmenter_checkpoint(path, model: UPerNet, *, backbone_only: bool = False,
-                              require_heads: bool = False) -> dict:
-    """Variables for a segmenter from a PyTorch file (.pth/.bin/.safetensors)."""
-    return convert_segmenter_state_dict(read_state_dict(path), model, source=str(path), backbone_only=backbone_only,
-                                        require_heads=require_heads)
-
-
-def _huggingface_block_key(rest: str, v2: bool) -> str:
-    """A timm block key (after `blocks.j.`) -> Hugging Face's (SwinBackbone's names, Swinv2Backbone's)."""
-    renames = [("norm1.", "layernorm_before."), ("norm2.", "layernorm_after.")]
-    if v2:
-        renames += [("attn.q_bias", "attention.self.query.bias"), ("attn.v_bias", "attention.self.value.bias"),
-                    ("attn.logit_scale", "attention.self.logit_scale"),
-                    ("attn.cpb_mlp.", "attention.self.continuous_position_bias_mlp."),
-                    ("attn.proj.", "attention.output.dense."), ("mlp.fc1.", "intermediate.dense."),
-                    ("mlp.fc2.", "output.dense.")]
-    else:
-        renames += [("attn.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table"),
-                    ("attn.proj.", "attention.o_proj.")]
-    for old, new in renames:
-        if rest.startswith(old):
-            return new + rest[len(old):]
-    return rest
-
-
-def huggingface_swin_keys(timm: dict, top: str, v2: bool, stage_norms: str = "") -> dict[str, np.ndarray]:
-    """A timm-layout Swin state dict in Hugging Face's names under `top` ("swin.", "backbone.", ...):
-    SwinModel's / Swinv2Model's embeddings, encoder layers (patch merging at the end of a stage, split
-    q/k/v) and final `layernorm`; stage-map norms `normI` under `stage_norms` + "stage{I+1}"."""
-    out = {}
-    for key, value in timm.items():
-        key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) - 1}.downsample", key)
-        norm = re.match(r"^norm(\d+)\.(weight|bias)$", key)
-        block = re.match(r"^layers\.(\d+)\.blocks\.(\d+)\.(.*)$", key)
-        if norm:
-            out[f"{stage_norms}stage{int(norm[1]) + 1}.{norm[2]}"] = value
-        elif key.startswith("norm."):
-            out[top + "layernorm." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("patch_embed.proj."):
-            out[top + "embeddings.patch_embeddings.projection." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("patch_embed.norm."):
-            out[top + "embeddings.norm." + key.rsplit(".", 1)[1]] = value
-        elif block and block[3].startswith("attn.qkv."):
-            prefix = f"{top}encoder.layers.{block[1]}.blocks.{block[2]}.attention."
-            names = ("self.query", "self.key", "self.value") if v2 else ("q_proj", "k_proj", "v_proj")
-            for name, part in zip(names, np.split(value, 3)):
-                out[f"{prefix}{name}.{block[3].rsplit('.', 1)[1]}"] = np.ascontiguousarray(part)
-        elif block:
-            out[f"{top}encoder.layers.{block[1]}.blocks.{block[2]}.{_huggingface_block_key(block[3], v2)}"] = value
-        else:
-            out[top + "encoder." + key] = value
-    return out
 
 
 def export_huggingface_upernet(variables: dict, model: UPerNet) -> dict[str, np.ndarray]:
@@ -233,7 +174,7 @@ def export_huggingface_upernet(variables: dict, model: UPerNet) -> dict[str, np.
     v2 = not model.backbone.out_norm
     top = "backbone." if v2 else "backbone.swin."
     timm = export_timm_state_dict({"params": variables["params"]["backbone"]}, model.backbone)
-    out = huggingface_swin_keys(timm, top, v2, stage_norms="backbone.hidden_states_norms.")
+    out = layouts.huggingface_swin_keys(timm, top, v2, stage_norms="backbone.hidden_states_norms.")
     if not v2:
         out[top + "layernorm.weight"] = np.ones(model.backbone.num_features, np.float32)
         out[top + "layernorm.bias"] = np.zeros(model.backbone.num_features, np.float32)
@@ -247,37 +188,29 @@ def export_huggingface_upernet(variables: dict, model: UPerNet) -> dict[str, np.
     return out
 
 
-def load_segmenter_weights(path: str, model: UPerNet) -> dict:
-    """Variables for a segmenter from a PyTorch file, a converted directory (`python -m swin_jax.convert`)
-    or a train.py workdir: a segmenter's gives everything, a classifier's (or SimMIM's encoder) its backbone (fitted
-    as `fit_params` fits, its final norm and head left out; stage-map norms and heads fresh)."""
-    from swin_jax.convert.loader import fit_params, saved_model
-    from swin_jax.models.swin import unstack_blocks
-
-    saved = saved_model(path)
-    if saved is None:
-        return load_segmenter_checkpoint(path, model)
-    source, variables = saved
-    if isinstance(source, UPerNet):
+def fit_saved(saved, variables: dict, model: UPerNet, *, source: str) -> dict:
+    """Variables for a segmenter from a saved model's (a converted directory's or a workdir's): a
+    segmenter's of the same shapes gives everything; a classifier's (or a SimMIM model's encoder) the
+    backbone, fitted as `fit_params` fits, its final norm and head left out, stage-map norms and heads
+    fresh."""
+    if isinstance(saved, UPerNet):
         target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *model.input_hw, model.in_chans))))
-        same = jax.tree.structure(target) == jax.tree.structure(variables) and all(
-            a.shape == b.shape for a, b in zip(jax.tree.leaves(target), jax.tree.leaves(variables)))
-        if not same:
-            raise ConversionError(f"{path} holds {describe(source)}, whose tensors do not fit {describe(model)}")
+        if not fitting.same_tree(target, variables):
+            raise ConversionError(f"{source} holds {registry.describe(saved)}, whose tensors do not fit {registry.describe(model)}")
         return variables
     params = variables["params"]
-    if isinstance(source, simmim.SimMIM):
-        log.warning("%s is a SimMIM model: only its encoder is taken (mask token and decoder left out)", path)
-        source, params = source.encoder, params["encoder"]
-    tensors = flatten_dict(jax.device_get(unstack_blocks(params) if source.scan_blocks else params))
+    if isinstance(saved, SimMIM):
+        log.warning("%s is a SimMIM model: only its encoder is taken (mask token and decoder left out)", source)
+        saved, params = saved.encoder, params["encoder"]
+    tensors, found = fitting.saved_swin_tensors(saved, params)
     tensors = {p: v for p, v in tensors.items() if p[0] not in ("head", "norm", "mask_token")}
     fresh = []
     for name, (scale, bias) in fresh_stage_norms(model).items():
         if (name, "scale") not in tensors:
             tensors[(name, "scale")], tensors[(name, "bias")] = scale, bias
             fresh.append(name)
-    backbone = fit_params(tensors, model.backbone, source=f"{path} (backbone)")["params"]
+    backbone = fitting.fit_params(tensors, model.backbone, source=f"{source} (backbone)", found=found)["params"]
     log.warning("%s: the backbone comes from it (stage-map norms %s freshly initialised); "
-                "decode_head and auxiliary_head are freshly initialised", path, ", ".join(fresh) or "none")
+                "decode_head and auxiliary_head are freshly initialised", source, ", ".join(fresh) or "none")
     heads = model.init_heads(jax.random.key(0))
     return {"params": {**heads["params"], "backbone": backbone}, "batch_stats": heads["batch_stats"]}
