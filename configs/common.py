@@ -50,6 +50,10 @@ def get_config(model: str = "swin_tiny_patch4_window7_224") -> ml_collections.Co
     config.lr_milestones = ()  # multistep: epochs at which the rate is multiplied by lr_gamma
     config.lr_gamma = 0.1
     config.warmup_steps = 0  # > 0 overrides warmup_epochs
+    # When each update takes its rate. 'official': main.py steps the scheduler after optimizer.step(), so
+    # update u runs at the schedule's rate for u - 1 and the first two at warmup_lr. 'timm': update u at
+    # the rate for u (timm's train.py; mmcv's runner). The logged lr is the rate the update used.
+    config.lr_schedule_placement = "official"
     config.warmup_ratio = 1e-6  # poly: mmcv's linear warm-up starts at this fraction of the rate
     config.poly_power = 1.0
     # Names (substrings of a parameter's path) that get no weight decay, mmcv's custom_keys with

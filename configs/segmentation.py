@@ -9,7 +9,9 @@ What the official run did, field by field:
              the backbone is exempt, and nothing else: biases and the heads' BatchNorm (named 'bn')
              decay. No gradient clipping (optimizer_config = dict()).
   schedule   poly, power 1.0, min lr 0, by iteration, after a 1500-iteration linear warm-up from ratio
-             1e-6 (mmcv scales the poly rate during warm-up); 160k iterations.
+             1e-6 (mmcv scales the poly rate during warm-up); 160k iterations. mmcv's LrUpdaterHook sets
+             the rate in before_train_iter from the iterations done, so update u runs at the rate for u
+             ('timm' lr_schedule_placement, not the classification recipe's 'official').
   batch      16 (8 GPUs x 2); the lr is for 16 and scales linearly with config.batch_size.
   model      drop path 0.3; auxiliary FCN head on stage 3 with loss weight 0.4; SyncBN.
   loss       cross entropy, ignore index 255, mean over all pixels.
@@ -43,6 +45,7 @@ def get_config(model: str = "upernet_swin_tiny") -> "ml_collections.ConfigDict":
     config.no_decay_keys = ("absolute_pos_embed", "relative_position_bias_table", "norm")
     config.clip_grad = 0.0
     config.schedule = "poly"
+    config.lr_schedule_placement = "timm"  # update u at lr(u): mmcv's runner sets the rate before each iteration
     config.poly_power = 1.0
     config.warmup_steps = 1500
     config.warmup_ratio = 1e-6

@@ -11,6 +11,9 @@ What the official run did, field by field:
   schedule   per step: linear warm-up over 10 epochs from warmup_lr 5e-7, then base lr 1e-4, times 0.1
              from epoch 700 on ('multistep', MULTISTEPS [700], GAMMA 0.1); 800 epochs. Learning rates
              are per 512 images and scale linearly with the global batch (and accumulation steps).
+             main_simmim_pt.py steps the scheduler after the optimiser step, as main.py does: update u
+             runs at the rate for u - 1 ('official' lr_schedule_placement). (With accumulation it counts
+             the schedule in micro-batches; we count it in updates, as main.py does.)
   batch      2048 (the official command: 16 GPUs x 128).
 """
 
@@ -30,6 +33,7 @@ def get_config(model: str = "simmim_swin_base_img192_window6") -> "ml_collection
     config.weight_decay = 0.05
     config.clip_grad = 5.0
     config.schedule = "multistep"
+    config.lr_schedule_placement = "official"  # main_simmim_pt.py: step_update after optimizer.step()
     config.lr_milestones = (700,)
     config.lr_gamma = 0.1
     config.checkpoint_every_steps = 5000

@@ -171,3 +171,70 @@ def test_frozen_stages_as_mmseg_defines_them():
     moved = {path for path, u in traverse_util.flatten_dict(updates).items() if float(jnp.abs(u).max()) > 0}
     assert moved == {path for path in flat if not optim.frozen(path, 2)}
     assert len(moved) < len(flat)
+
+
+@pytest.mark.parametrize("recipe, placement", [("swin_b", "official"), ("simmim_swin_b_192", "official"),
+                                               ("upernet_swin_t_ade20k", "timm")])
+def test_each_recipe_applies_the_schedule_where_its_official_loop_does(recipe, placement):
+    """The rate each update runs at, over the whole run. main.py and main_simmim_pt.py call
+    lr_scheduler.step_update(...) after optimizer.step(), on a scheduler that starts at warmup_lr, so update
+    u runs at the rate the scheduler was given for u - 1 (updates 0 and 1 at warmup_lr). mmcv's
+    LrUpdaterHook sets the rate in before_train_iter from runner.iter, so update u runs at the rate for u."""
+    import importlib
+
+    from timm.scheduler.cosine_lr import CosineLRScheduler
+
+    config = importlib.import_module(f"configs.{recipe}").get_config()
+    assert optim.placement(config) == placement == config.lr_schedule_placement
+    steps_per_epoch = 1_281_167 // config.batch_size
+    total = config.total_steps or int(config.epochs * steps_per_epoch)  # updates: no accumulation
+    lr = optim.schedule(config, total, steps_per_epoch)
+    applied = optim.update_lr(config, lr)
+    updates = [0, 1, 2, 3, lr.warmup_steps - 1, lr.warmup_steps, lr.warmup_steps + 1, total // 2, total - 1]
+    if placement == "timm":
+        for u in updates:
+            assert float(applied(u)) == float(lr(u)), u
+        return
+    assert float(applied(0)) == float(applied(1)) == float(lr(0)) and float(applied(2)) == float(lr(1))
+    assert float(lr(1)) > float(lr(0))
+    for u in updates:
+        assert float(applied(u)) == float(lr(max(u - 1, 0))), u
+    if config.schedule == "cosine":  # main.py's loop itself, on timm's scheduler
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr.peak_lr)
+        scheduler = CosineLRScheduler(optimizer, t_initial=lr.total_steps - lr.warmup_steps, lr_min=lr.min_lr,
+                                      warmup_lr_init=lr.warmup_lr, warmup_t=lr.warmup_steps, cycle_limit=1,
+                                      t_in_epochs=False, warmup_prefix=True)
+        for u in updates:
+            if u:
+                scheduler.step_update(u - 1)  # what ran after update u - 1
+            np.testing.assert_allclose(float(applied(u)), optimizer.param_groups[0]["lr"], rtol=2e-6, err_msg=u)
+
+
+def test_lr_schedule_placement_of_configs_written_before_it_and_bad_values():
+    """A config without the field (an older config file, a workdir's config.json) runs as runs did before,
+    the rate of update u at u; the optimiser state has the same structure either way, so checkpoints written
+    before the field existed resume. A misspelt value is an error naming the field."""
+    import json
+
+    import jax.numpy as jnp
+    import ml_collections
+
+    from swin_jax.train.loop import TrainingError, _check
+
+    config = swin_b.get_config()
+    old = config.to_dict()
+    del old["lr_schedule_placement"]
+    old = ml_collections.ConfigDict(json.loads(json.dumps(old)))
+    assert optim.placement(old) == "timm"
+    lr = optim.schedule(config, 300, 10)
+    assert float(optim.update_lr(old, lr)(1)) == float(lr(1)) != float(optim.update_lr(config, lr)(1))
+    params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+    for accum in (1, 4):
+        config.grad_accum_steps = old.grad_accum_steps = accum
+        structures = [jax.tree.structure(optim.optimizer(c, params, lr, (2,)).init(params)) for c in (config, old)]
+        assert structures[0] == structures[1]
+    config.lr_schedule_placement = "mmcv"
+    with pytest.raises(ValueError, match="lr_schedule_placement='mmcv'"):
+        optim.placement(config)
+    with pytest.raises(TrainingError, match="must be 'official' or 'timm'"):
+        _check(config)

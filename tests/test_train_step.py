@@ -1,4 +1,5 @@
-"""The shipped train step: sharding, AdamW against PyTorch over several steps, EMA and gradient accumulation."""
+"""The shipped train step: sharding, AdamW against PyTorch (the official main.py loop) over several steps, EMA
+and gradient accumulation."""
 
 import jax
 import numpy as np
@@ -73,13 +74,88 @@ def test_eight_devices_match_one(single_device, fsdp):
     assert moved > 1e-3  # the steps really change the parameters, far beyond the tolerance
 
 
-def test_adamw_steps_match_pytorch():
-    """Four steps of our train step against timm + torch.optim.AdamW with the official parameter groups,
-    clip_grad_norm_ and timm's CosineLRScheduler: soft-target loss with label smoothing, no drop path,
-    betas (0.8, 0.95), a weight decay large enough to see on every matrix and a clipping norm that binds."""
+def official_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The official optimizer.py's set_weight_decay: no decay for 1-D tensors, names ending in '.bias', the
+    model's no_weight_decay() (absolute_pos_embed) and names holding relative_position_bias_table."""
+    decayed, exempt = [], []
+    for name, p in model.named_parameters():
+        no_decay = (p.ndim == 1 or name.endswith(".bias") or name == "absolute_pos_embed"
+                    or "relative_position_bias_table" in name)
+        (exempt if no_decay else decayed).append(p)
+    return [{"params": decayed}, {"params": exempt, "weight_decay": 0.0}]
+
+
+def main_py_training(model: torch.nn.Module, batches, criterion, *, steps_per_epoch: int, epochs: int,
+                     warmup_epochs: float, lr: float, warmup_lr: float, min_lr: float, weight_decay: float,
+                     betas=(0.9, 0.999), clip_grad: float = 5.0, accum: int = 1, placement: str = "official",
+                     ema_decay: float = 0.0) -> dict:
+    """Train `model` in place as the official main.py does, on `batches` ((samples, targets) per micro-step,
+    steps_per_epoch of them per epoch); rates already scaled as main.py scales them (batch / 512, times the
+    accumulation steps). build_optimizer: AdamW(set_weight_decay, eps 1e-8). build_scheduler: timm's
+    CosineLRScheduler per update, warmup_prefix. train_one_epoch: loss / ACCUMULATION_STEPS, backward,
+    and every ACCUMULATION_STEPS micro-steps clip_grad_norm_, optimizer.step(), zero_grad() and then
+
+      placement "official": lr_scheduler.step_update((epoch * num_steps + idx) // ACCUMULATION_STEPS)
+      placement "timm":     timm's train.py, num_updates += 1; lr_scheduler.step_update(num_updates)
+
+    With ema_decay, timm's ModelEmaV2 after each update: ema = decay * ema + (1 - decay) * params.
+    Returns the loss of every micro-step (before the division), and per update the rate it used, the
+    gradient norm before clipping; the largest |gradient| each parameter saw; the EMA's parameters."""
+    from timm.scheduler.cosine_lr import CosineLRScheduler
+
+    optimizer = torch.optim.AdamW(official_param_groups(model, weight_decay), lr=lr, betas=betas, eps=1e-8,
+                                  weight_decay=weight_decay)
+    n_iter_per_epoch = steps_per_epoch // accum  # main.py: len(data_loader_train) // ACCUMULATION_STEPS
+    total, warmup = int(epochs * n_iter_per_epoch), int(warmup_epochs * n_iter_per_epoch)
+    scheduler = CosineLRScheduler(optimizer, t_initial=total - warmup, cycle_mul=1.0, lr_min=min_lr,
+                                  warmup_lr_init=warmup_lr, warmup_t=warmup, cycle_limit=1, t_in_epochs=False,
+                                  warmup_prefix=True)
+    ema = {n: p.detach().clone() for n, p in model.named_parameters()} if ema_decay else None
+    out = {"loss": [], "lr": [], "grad_norm": [],
+           "largest_grad": {n: np.zeros(p.shape, np.float32) for n, p in model.named_parameters()}}
+    num_updates = 0
+    model.train()
+    for epoch in range(epochs):
+        optimizer.zero_grad()
+        num_steps = steps_per_epoch  # main.py: len(data_loader)
+        for idx in range(num_steps):
+            samples, targets = batches[epoch * num_steps + idx]
+            loss = criterion(model(samples), targets)
+            out["loss"].append(loss.item())
+            loss = loss / accum
+            loss.backward()
+            if (idx + 1) % accum == 0:
+                for n, p in model.named_parameters():
+                    out["largest_grad"][n] = np.maximum(out["largest_grad"][n], np.abs(p.grad.numpy()))
+                if clip_grad:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+                else:
+                    grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()]))
+                out["grad_norm"].append(grad_norm.item())
+                out["lr"].append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                optimizer.zero_grad()
+                if placement == "official":
+                    scheduler.step_update((epoch * num_steps + idx) // accum)
+                else:
+                    num_updates += 1
+                    scheduler.step_update(num_updates=num_updates)
+                if ema is not None:
+                    with torch.no_grad():
+                        for n, p in model.named_parameters():
+                            ema[n].copy_(ema[n] * ema_decay + (1.0 - ema_decay) * p)
+    out["ema"] = {n: v.numpy() for n, v in ema.items()} if ema is not None else None
+    return out
+
+
+@pytest.mark.parametrize("placement", ["official", "timm"])
+def test_adamw_steps_match_pytorch(placement):
+    """Four steps of our train step against timm's Swin trained by main.py's loop (official_param_groups,
+    AdamW, clip_grad_norm_, timm's CosineLRScheduler stepped where `placement` steps it): soft-target loss
+    with label smoothing, no drop path, betas (0.8, 0.95), a weight decay large enough to see on every matrix
+    and a clipping norm that binds."""
     from timm.loss import SoftTargetCrossEntropy
     from timm.models.swin_transformer import SwinTransformer as TimmSwin
-    from timm.scheduler.cosine_lr import CosineLRScheduler
 
     steps, batch_size, lr_peak, decay, clip = 4, 4, 1e-3, 5.0, 0.5
     architecture = {k: v for k, v in SMALL.items() if k not in ("img_size", "num_classes")}
@@ -87,12 +163,12 @@ def test_adamw_steps_match_pytorch():
     config = demo.get_config()
     config.model_overrides = type(config.model_overrides)(dict(architecture, drop_path_rate=0.0))
     config.image_size, config.batch_size = 64, batch_size
-    config.update(dict(warmup_epochs=1, epochs=4, total_steps=steps, base_lr=lr_peak * 512 / batch_size,
+    config.update(dict(warmup_epochs=1, epochs=steps, total_steps=0, base_lr=lr_peak * 512 / batch_size,
                        warmup_lr=lr_peak / 10 * 512 / batch_size, min_lr=lr_peak / 100 * 512 / batch_size,
-                       weight_decay=decay, betas=(0.8, 0.95), clip_grad=clip))
+                       weight_decay=decay, betas=(0.8, 0.95), clip_grad=clip, lr_schedule_placement=placement))
     config.input.update(dict(random_erase=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.1))
     model = build_model(config, 10)
-    lr = optim.schedule(config, config.total_steps, steps)
+    lr = optim.schedule(config, steps, 1)  # one step per epoch
     assert lr.warmup_steps == 1 and float(lr(0)) == pytest.approx(lr_peak / 10)
 
     batches = [_batch(batch_size, 64, seed=s) for s in range(steps)]
@@ -107,32 +183,22 @@ def test_adamw_steps_match_pytorch():
             ours.append(jax.device_get(metrics))
     final = export_timm_state_dict({"params": jax.device_get(state.params)}, model)
 
-    decayed, exempt = [], []
-    for name, p in reference.named_parameters():
-        no_decay = p.ndim == 1 or name.endswith(".bias") or "relative_position_bias_table" in name
-        (exempt if no_decay else decayed).append(p)
-    assert len(decayed) > 20
-    optimizer = torch.optim.AdamW([{"params": decayed}, {"params": exempt, "weight_decay": 0.0}], lr=lr_peak,
-                                  betas=(0.8, 0.95), eps=1e-8, weight_decay=decay)
-    scheduler = CosineLRScheduler(optimizer, t_initial=steps - 1, lr_min=lr_peak / 100, warmup_lr_init=lr_peak / 10,
-                                  warmup_t=1, cycle_limit=1, t_in_epochs=False, warmup_prefix=True)
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-    largest_grad = {name: np.zeros(p.shape) for name, p in reference.named_parameters()}
-    for step, batch in enumerate(batches):
-        scheduler.step_update(step)
-        images = ((torch.from_numpy(batch["image"]).float() / 255 - mean) / std).permute(0, 3, 1, 2)
-        targets = torch.nn.functional.one_hot(torch.from_numpy(batch["label"]).long(), 10).float() * 0.9 + 0.01
-        loss = SoftTargetCrossEntropy()(reference(images), targets)
-        optimizer.zero_grad()
-        loss.backward()
-        for name, p in reference.named_parameters():
-            largest_grad[name] = np.maximum(largest_grad[name], np.abs(p.grad.numpy()))
-        grad_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), clip)
-        assert grad_norm.item() > clip, "the clipping must bind for this test to see it"
-        optimizer.step()
-        np.testing.assert_allclose(float(ours[step]["train_loss"]), loss.item(), rtol=1e-5, err_msg=step)
-        np.testing.assert_allclose(float(ours[step]["grad_norm"]), grad_norm.item(), rtol=1e-4, err_msg=step)
-        np.testing.assert_allclose(float(ours[step]["lr"]), optimizer.param_groups[0]["lr"], rtol=1e-6, err_msg=step)
+    torch_batches = [(((torch.from_numpy(b["image"]).float() / 255 - mean) / std).permute(0, 3, 1, 2),
+                      torch.nn.functional.one_hot(torch.from_numpy(b["label"]).long(), 10).float() * 0.9 + 0.01)
+                     for b in batches]
+    assert len(official_param_groups(reference, decay)[0]["params"]) > 20
+    torch_run = main_py_training(reference, torch_batches, SoftTargetCrossEntropy(), steps_per_epoch=1, epochs=steps,
+                                 warmup_epochs=1, lr=lr_peak, warmup_lr=lr_peak / 10, min_lr=lr_peak / 100,
+                                 weight_decay=decay, betas=(0.8, 0.95), clip_grad=clip, placement=placement)
+    expected_lrs = [lr_peak / 10, lr_peak / 10, lr_peak] if placement == "official" else [lr_peak / 10, lr_peak]
+    np.testing.assert_allclose(torch_run["lr"][:len(expected_lrs)], expected_lrs, rtol=1e-6)
+    for step in range(steps):
+        assert torch_run["grad_norm"][step] > clip, "the clipping must bind for this test to see it"
+        np.testing.assert_allclose(float(ours[step]["train_loss"]), torch_run["loss"][step], rtol=1e-5, err_msg=step)
+        np.testing.assert_allclose(float(ours[step]["grad_norm"]), torch_run["grad_norm"][step], rtol=1e-4,
+                                   err_msg=step)
+        np.testing.assert_allclose(float(ours[step]["lr"]), torch_run["lr"][step], rtol=1e-6, err_msg=step)
 
     # Adam's step lr * m / (sqrt(v) + eps) turns the float32 rounding of gradients at or below eps = 1e-8
     # (1e-10 to 2e-9 between two implementations that sum in different orders) into up to a few tenths of
@@ -141,10 +207,11 @@ def test_adamw_steps_match_pytorch():
     worst = {}
     for name, p in reference.named_parameters():
         diff = np.abs(final[name] - p.detach().numpy())
-        tiny = largest_grad[name] < 1e-7
+        tiny = torch_run["largest_grad"][name] < 1e-7
         assert diff[tiny].max(initial=0.0) <= lr_peak * steps, name
         worst[name] = float(diff[~tiny].max(initial=0.0))
-    print("adamw parity, largest difference of any tensor: %.3g (%s)" % max((v, k) for k, v in worst.items()))
+    print("adamw parity (%s), largest difference of any tensor: %.3g (%s)"
+          % ((placement,) + max((v, k) for k, v in worst.items())))
     bad = {k: v for k, v in worst.items() if v >= 1e-5}
     assert not bad, bad
 

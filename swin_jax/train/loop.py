@@ -91,6 +91,10 @@ def _check(config) -> None:
             raise TrainingError(f"config.{field}={value} must be a multiple of the {devices} devices")
     if config.grad_accum_steps < 1:
         raise TrainingError(f"config.grad_accum_steps={config.grad_accum_steps} must be at least 1")
+    try:
+        optim.placement(config)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
 
 
 def _depths(model):
@@ -99,6 +103,12 @@ def _depths(model):
         if hasattr(model, part):
             return getattr(model, part).depths
     return model.depths
+
+
+def _ema_start(params, config):
+    """The EMA's first value: a copy of the parameters, never the same arrays (the train step donates the
+    whole state, and one buffer cannot be donated twice); None without EMA."""
+    return jax.tree.map(jnp.copy, params) if config.ema_decay else None
 
 
 def build_training(config, model, lr: optim.Schedule, mesh, num_classes: int):
@@ -112,7 +122,7 @@ def build_training(config, model, lr: optim.Schedule, mesh, num_classes: int):
         params = variables.pop("params")
         opt_state = optim.optimizer(config, params, lr, _depths(model)).init(params)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                          ema_params=params if config.ema_decay else None, rng=jax.random.key_data(run_rng),
+                          ema_params=_ema_start(params, config), rng=jax.random.key_data(run_rng),
                           model_state=variables)
 
     abstract = jax.eval_shape(init_state)
@@ -198,8 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             params = jax.device_put(loaded.pop("params"), state_sharding.params)
             model_state = jax.device_put({k: loaded.get(k, v) for k, v in state.model_state.items()},
                                          state_sharding.model_state)
-            state = state.replace(params=params, ema_params=params if config.ema_decay else None,
-                                  model_state=model_state)
+            ema = jax.device_put(_ema_start(params, config), state_sharding.ema_params)
+            state = state.replace(params=params, ema_params=ema, model_state=model_state)
 
         variables_sharding = _variables(state_sharding.params, state_sharding.model_state)
         eval_step = jax.jit(make_eval_step(task, model, config), in_shardings=(variables_sharding, batch_sharding),

@@ -6,6 +6,11 @@ min_lr, weight decay 0.05 on every weight matrix and none on biases, LayerNorm p
 absolute position embedding and the relative position bias tables (Swin V2: nor on the position-bias
 MLP `cpb_mlp`, `logit_scale` and the q/v biases), global-norm clipping at 5.
 
+When each update takes its rate (`config.lr_schedule_placement`, `update_lr`): the official loops
+(main.py, SimMIM's) step timm's scheduler after the optimiser step, so update u runs at the rate of u - 1
+and the first two at warmup_lr ("official"); timm's train.py, and mmcv's runner, which sets the rate
+before each iteration, run update u at the rate of u ("timm").
+
 Dense-prediction configs follow mmseg instead (`config.schedule = "poly"`, `config.no_decay_keys`): mmcv's
 PolyLrUpdaterHook with its linear warm-up, and the decay rule of mmcv's `paramwise_cfg.custom_keys`.
 """
@@ -130,6 +135,29 @@ def schedule(config, total_steps: int, steps_per_epoch: int) -> Schedule | PolyS
                     min_lr=scaled_lr(config.min_lr, config), warmup_steps=warmup, total_steps=updates)
 
 
+PLACEMENTS = ("official", "timm")
+
+
+def placement(config) -> str:
+    """config.lr_schedule_placement; a config written before the field existed (a custom config file, an old
+    workdir's config.json) gets the placement runs had then, "timm"."""
+    value = config.get("lr_schedule_placement", "timm")
+    if value not in PLACEMENTS:
+        raise ValueError(f"config.lr_schedule_placement={value!r}: must be 'official' or 'timm'")
+    return value
+
+
+def update_lr(config, lr):
+    """The rate each optimiser update runs at, as a function of the updates done before it (optax's count):
+    the schedule itself ("timm": update u at lr(u)), or the schedule one update late ("official": update u
+    at lr(u - 1), clamped at 0, so updates 0 and 1 both run at lr(0)), which is where main.py's
+    `lr_scheduler.step_update(...)` after `optimizer.step()` puts it. The optimiser and the logged `lr`
+    both take their rate from here."""
+    if placement(config) == "timm":
+        return lr
+    return lambda count: lr(jnp.maximum(jnp.asarray(count) - 1, 0))
+
+
 def decays(path: tuple[str, ...]) -> bool:
     """Whether a parameter (its path in the Flax tree) gets weight decay: weight matrices and the
     patch-embedding kernel do; biases (V2's q_bias and v_bias too), LayerNorm scales, the position
@@ -225,14 +253,14 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
 
 
 def optimizer(config, params, lr: Schedule, depths) -> optax.GradientTransformation:
-    """clip(global norm) -> AdamW with the decay mask -> optional layer-wise lr decay, optionally
-    accumulating `grad_accum_steps` micro-batches per update; frozen stages (`frozen_stages`) get no
-    update at all."""
+    """clip(global norm) -> AdamW with the decay mask at the rates of `update_lr` -> optional layer-wise lr
+    decay, optionally accumulating `grad_accum_steps` micro-batches per update; frozen stages
+    (`frozen_stages`) get no update at all."""
     freeze = [zero_frozen(config.frozen_stages)] if config.get("frozen_stages", -1) >= 0 else []
     chain = list(freeze)
     if config.clip_grad:
         chain.append(optax.clip_by_global_norm(config.clip_grad))
-    chain.append(optax.adamw(lr, b1=config.betas[0], b2=config.betas[1], eps=config.eps,
+    chain.append(optax.adamw(update_lr(config, lr), b1=config.betas[0], b2=config.betas[1], eps=config.eps,
                              weight_decay=config.weight_decay,
                              mask=functools.partial(decay_mask, no_decay_keys=tuple(config.get("no_decay_keys", ())))))
     if config.layer_decay < 1.0:

@@ -24,6 +24,8 @@ class TrainState:
 
 
 def make_train_step(task, model, tx, lr: optim.Schedule, config, num_classes: int):
+    update_lr = optim.update_lr(config, lr)  # the rate the optimiser applies (tx was built with the same)
+
     def train_step(state: TrainState, batch):
         rngs = jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step))
 
@@ -39,7 +41,7 @@ def make_train_step(task, model, tx, lr: optim.Schedule, config, num_classes: in
             moved = optax.incremental_update(params, ema, step_size=1.0 - config.ema_decay)
             ema = jax.tree.map(lambda m, e: jnp.where(updated, m, e), moved, ema)
         metrics = {"train_loss": loss, "grad_norm": optax.global_norm(applied), "updated": updated,
-                   "lr": lr(state.step // config.grad_accum_steps), **extra}
+                   "lr": update_lr(state.step // config.grad_accum_steps), **extra}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
                              model_state=model_state), metrics
 
