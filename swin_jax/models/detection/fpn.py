@@ -9,7 +9,7 @@ ConvModule without a norm), xavier-uniform initialised as mmdet's FPN.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -32,18 +32,20 @@ def resize_nearest(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
 
 
 class ConvModule(nn.Module):
-    """One convolution with bias, PyTorch padding (kernel // 2)."""
+    """mmcv's ConvModule without a norm or activation: one convolution with bias, PyTorch padding
+    (kernel // 2)."""
 
     features: int
     kernel_size: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.xavier_uniform()
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         pad = self.kernel_size // 2
         return nn.Conv(self.features, (self.kernel_size, self.kernel_size), padding=((pad, pad), (pad, pad)),
-                       kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.zeros,
+                       kernel_init=self.kernel_init, bias_init=nn.initializers.zeros,
                        dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
 
 
