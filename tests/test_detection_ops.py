@@ -166,6 +166,33 @@ def test_multilevel_roi_align_pools_each_box_from_its_level():
     np.testing.assert_allclose(got, nhwc(want), rtol=1e-5, atol=1e-5)
 
 
+def torch_fpn(p, xs, num_outs=5):
+    """mmdet's FPN.forward (add_extra_convs=False) from our parameters."""
+    def conv(x, name, pad):
+        return F.conv2d(x, p[name]["conv"]["kernel"].permute(3, 2, 0, 1), p[name]["conv"]["bias"], padding=pad)
+
+    laterals = [conv(x, f"lateral_convs_{i}", 0) for i, x in enumerate(xs)]
+    for i in range(len(laterals) - 1, 0, -1):
+        laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[2:], mode="nearest")
+    outs = [conv(x, f"fpn_convs_{i}", 1) for i, x in enumerate(laterals)]
+    while len(outs) < num_outs:
+        outs.append(F.max_pool2d(outs[-1], 1, stride=2))
+    return outs
+
+
+def torch_multilevel_roi_align(maps, boxes, size, strides=(4, 8, 16, 32)):
+    """mmdet's SingleRoIExtractor for one image: map_roi_levels, then torchvision's roi_align per level."""
+    scale = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+    levels = torch.floor(torch.log2(scale / 56 + 1e-6)).clamp(min=0, max=len(strides) - 1).long()
+    rois = torch.cat([torch.zeros(len(boxes), 1), boxes], 1)
+    out = maps[0].new_zeros(len(boxes), maps[0].shape[1], size, size)
+    for i, (m, s) in enumerate(zip(maps, strides)):
+        index = levels == i
+        if index.any():
+            out[index] = torchvision.ops.roi_align(m, rois[index], size, 1 / s, 0, True)
+    return out
+
+
 def test_fpn_matches_mmdets():
     """At stage maps of an input that is not a multiple of 32 (the nearest resize is not a plain repeat)."""
     shapes = [(25, 38), (13, 19), (7, 10), (4, 5)]
@@ -175,16 +202,7 @@ def test_fpn_matches_mmdets():
     fpn = FPN(channels=12, num_outs=5)
     variables = fpn.init(jax.random.key(0), [nhwc(x) for x in xs])
     variables = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), variables)
-    p = jax.tree.map(lambda a: torch.from_numpy(np.asarray(a)), variables["params"])
-
-    def conv(x, name, pad):
-        return F.conv2d(x, p[name]["conv"]["kernel"].permute(3, 2, 0, 1), p[name]["conv"]["bias"], padding=pad)
-
-    laterals = [conv(x, f"lateral_convs_{i}", 0) for i, x in enumerate(xs)]
-    for i in range(3, 0, -1):
-        laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[2:], mode="nearest")
-    outs = [conv(x, f"fpn_convs_{i}", 1) for i, x in enumerate(laterals)]
-    outs.append(F.max_pool2d(outs[-1], 1, stride=2))
+    outs = torch_fpn(jax.tree.map(lambda a: torch.from_numpy(np.asarray(a)), variables["params"]), xs)
     got = jax.jit(fpn.apply)(variables, [nhwc(x) for x in xs])
     assert [g.shape[1:3] for g in got] == [*shapes, (2, 3)]
     for g, w in zip(got, outs):

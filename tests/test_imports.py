@@ -78,7 +78,8 @@ def test_convert_kinds_import_only_the_core():
     never a sibling nor the dispatcher; the core imports no kind."""
     core = {"swin_jax.convert.reader", "swin_jax.convert.layouts", "swin_jax.convert.resample",
             "swin_jax.convert.fitting"}
-    kinds = {"swin_jax.convert.classifier", "swin_jax.convert.segmenter", "swin_jax.convert.masked_image"}
+    kinds = {"swin_jax.convert.classifier", "swin_jax.convert.segmenter", "swin_jax.convert.masked_image",
+             "swin_jax.convert.detector"}
     for name in core | kinds:
         ours = {m for m in imported_modules(MODULES[name]) if not m.startswith("swin_jax.models")}
         allowed = core - {name}

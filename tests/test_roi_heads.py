@@ -16,7 +16,12 @@ from test_detection_ops import mmdet_delta2bbox, nhwc, random_boxes
 
 def randomised(module, *inputs, seed=0, scale=0.05):
     """Variables of `module` with every tensor random (BatchNorm statistics too, variances positive)."""
-    variables = module.init(jax.random.key(0), *inputs)
+    return randomise(jax.jit(module.init)(jax.random.key(0), *inputs), seed, scale)
+
+
+def randomise(variables, seed=0, scale=0.05):
+    """Every tensor of `variables` random: BatchNorm variances in 0.5..1.5, scales around 1, the rest
+    `scale` * N(0, 1)."""
     leaves, tree = jax.tree.flatten_with_path(variables)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     out = []
@@ -74,17 +79,21 @@ def test_bbox_heads_and_their_gradients_match_mmdet(num_convs, num_fcs, agnostic
         np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
+def torch_mask_head(p, x):
+    """mmdet's FCNMaskHead.forward from our parameters."""
+    for i in range(4):
+        x = F.relu(F.conv2d(x, p[f"convs_{i}"]["conv"]["kernel"].permute(3, 2, 0, 1), p[f"convs_{i}"]["conv"]["bias"],
+                            padding=1))
+    x = F.relu(F.conv_transpose2d(x, p["upsample"]["kernel"].permute(2, 3, 0, 1), p["upsample"]["bias"], stride=2))
+    return F.conv2d(x, p["conv_logits"]["kernel"].permute(3, 2, 0, 1), p["conv_logits"]["bias"])
+
+
 def test_mask_head_and_its_gradient_match_mmdet():
     head = roi_heads.MaskHead(num_classes=3, channels=8)
     x = torch.randn(5, 6, 14, 14)
     variables = randomised(head, nhwc(x), scale=0.2)
     p = torch_tree(variables)["params"]
-    y = x
-    for i in range(4):
-        y = F.relu(F.conv2d(y, p[f"convs_{i}"]["conv"]["kernel"].permute(3, 2, 0, 1), p[f"convs_{i}"]["conv"]["bias"],
-                            padding=1))
-    y = F.relu(F.conv_transpose2d(y, p["kernel"].permute(2, 3, 0, 1), p["bias"], stride=2))
-    want = F.conv2d(y, p["conv_logits"]["kernel"].permute(3, 2, 0, 1), p["conv_logits"]["bias"])
+    want = torch_mask_head(p, x)
     got = jax.jit(head.apply)(variables, nhwc(x))
     assert got.shape == (5, 28, 28, 3)
     np.testing.assert_allclose(got, nhwc(want.detach()), rtol=1e-5, atol=1e-5)

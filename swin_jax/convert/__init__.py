@@ -1,8 +1,9 @@
 """PyTorch Swin checkpoints (official, timm, Hugging Face; UPerNet segmenters from Hugging Face and
-mmsegmentation; SimMIM from Hugging Face and the official code) -> swin_jax, and back.
+mmsegmentation; SimMIM from Hugging Face and the official code; Mask R-CNN and Cascade Mask R-CNN from
+the official detection code) -> swin_jax, and back.
 
 The core (`reader`, `layouts`, `resample`, `fitting`) knows files, key layouts and a Swin's parameter
-tree; one module per kind of model (`classifier`, `segmenter`, `masked_image`) knows its heads. This
+tree; one module per kind of model (`classifier`, `segmenter`, `masked_image`, `detector`) knows its heads. This
 module picks the kind from the model, in one table: a new kind is one module and one row.
 """
 
@@ -15,10 +16,11 @@ from typing import Callable
 import numpy as np
 
 from swin_jax import workdir
-from swin_jax.convert import classifier, masked_image, segmenter
+from swin_jax.convert import classifier, detector, masked_image, segmenter
 from swin_jax.convert.classifier import read_class_map
 from swin_jax.convert.fitting import export_timm_state_dict
 from swin_jax.convert.reader import ConversionError, read_state_dict
+from swin_jax.models.detection.detectors import TwoStageDetector
 from swin_jax.models.simmim import SimMIM
 from swin_jax.models.swin import Swin
 from swin_jax.models.upernet import UPerNet
@@ -40,6 +42,8 @@ class Kind:
 
 
 KINDS = (
+    Kind(TwoStageDetector, detector.convert_detector_state_dict, detector.fit_saved, detector.export_mmdet,
+         "mmdet (Swin-Transformer-Object-Detection)"),
     Kind(UPerNet, segmenter.convert_segmenter_state_dict, segmenter.fit_saved, segmenter.export_huggingface_upernet,
          "Hugging Face UperNetForSemanticSegmentation"),
     Kind(SimMIM, masked_image.convert_mim_state_dict, masked_image.fit_saved, masked_image.export_huggingface_mim,

@@ -66,6 +66,16 @@ def official_to_timm(state: dict) -> tuple[dict, dict]:
     return out, buffers
 
 
+def timm_to_official(state: dict) -> dict:
+    """timm-layout tensors -> the official layout (patch merging at the end of stages 0..2, `head.*`): the
+    inverse of `official_to_timm` for parameters."""
+    out = {}
+    for key, value in state.items():
+        key = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m[1]) - 1}.downsample", key)
+        out[key.replace("head.fc.", "head.")] = value
+    return out
+
+
 _HF_RENAMES = [
     (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
     (r"^embeddings\.norm\.", "patch_embed.norm."),

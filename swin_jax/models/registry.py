@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 
+from swin_jax.models.detection.detectors import CASCADE_STDS, TwoStageDetector
 from swin_jax.models.swin import Swin, SwinTransformer, config_fields
 from swin_jax.models.simmim import SimMIM
 from swin_jax.models.swin_v2 import SwinTransformerV2
@@ -147,10 +148,60 @@ def create_mim(name: str, **overrides) -> SimMIM:
     return SimMIM(model_class(backbone_name)(**config), **mim)
 
 
-def create_model(name: str, **overrides) -> Swin | UPerNet | SimMIM:
+# Detectors: "mask_rcnn_" / "cascade_mask_rcnn_" + any backbone name, and the official COCO configs of
+# the Swin detection code (configs/swin/: window 7; drop path 0.2, Cascade Swin-B 0.3; the Cascade box
+# heads are 4 conv-BN-ReLU and one fully connected layer, class-specific regression).
+DETECTOR_PREFIXES = {"mask_rcnn_": {}, "cascade_mask_rcnn_": dict(stage_stds=CASCADE_STDS, num_shared_convs=4,
+                                                                  num_shared_fcs=1)}
+DETECTORS: dict[str, tuple[str, dict]] = {
+    "mask_rcnn_swin_tiny_patch4_window7": ("swin_tiny_patch4_window7_224", dict(drop_path_rate=0.2)),
+    "mask_rcnn_swin_small_patch4_window7": ("swin_small_patch4_window7_224", dict(drop_path_rate=0.2)),
+    "cascade_mask_rcnn_swin_tiny_patch4_window7": ("swin_tiny_patch4_window7_224", dict(drop_path_rate=0.2)),
+    "cascade_mask_rcnn_swin_small_patch4_window7": ("swin_small_patch4_window7_224", dict(drop_path_rate=0.2)),
+    "cascade_mask_rcnn_swin_base_patch4_window7": ("swin_base_patch4_window7_224", dict(drop_path_rate=0.3)),
+}
+DETECTOR_FIELDS = ("num_classes", "channels", "fc_channels", "mask_channels", "rpn_nms_pre", "rpn_max_per_img",
+                   "rpn_iou", "score_thr", "iou_threshold", "max_per_img", "roi_chunk")
+
+
+def detector_kind(name: str) -> str | None:
+    """The detector prefix a name starts with ("cascade_mask_rcnn_" before "mask_rcnn_"), or None."""
+    return next((p for p in sorted(DETECTOR_PREFIXES, key=len, reverse=True) if name.startswith(p)), None)
+
+
+def create_detector(name: str, num_classes: int = 80, **overrides) -> TwoStageDetector:
+    """Mask R-CNN or Cascade Mask R-CNN on a Swin backbone: "mask_rcnn_" / "cascade_mask_rcnn_" + a backbone
+    name, or an official config's name. Overrides of DETECTOR_FIELDS go to the detector, dtype /
+    param_dtype to both, the rest to the backbone."""
+    prefix = detector_kind(name)
+    if name in DETECTORS:
+        backbone_name, backbone_overrides = DETECTORS[name]
+    else:
+        backbone_name, backbone_overrides = name[len(prefix):], {}
+        if backbone_name not in MODELS:
+            close = [prefix + m for m in close_names(backbone_name)] + [m for m in DETECTORS if m.startswith(name)]
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"unknown detector {name!r}: {prefix!r} + a backbone name or one of "
+                             f"{', '.join(DETECTORS)}.{hint}")
+    heads = {k: overrides.pop(k) for k in DETECTOR_FIELDS[1:] if k in overrides}
+    for k in ("dtype", "param_dtype"):
+        if k in overrides:
+            heads[k] = overrides[k]
+    config = model_config(backbone_name, **{**backbone_overrides, **overrides})
+    v1 = model_class(backbone_name) is SwinTransformer
+    config.update(num_classes=0, out_indices=tuple(range(len(config["depths"]))), out_norm=v1,
+                  partition="always" if v1 else "per_img_size")
+    return TwoStageDetector(model_class(backbone_name)(**config), num_classes=num_classes,
+                            **DETECTOR_PREFIXES[prefix], **heads)
+
+
+def create_model(name: str, **overrides) -> Swin | UPerNet | SimMIM | TwoStageDetector:
     """A Swin model by timm name, e.g. create_model("swin_tiny_patch4_window7_224", num_classes=10);
     the V2 names (swinv2_*) give a SwinTransformerV2, "upernet_" + a name a segmenter (`create_segmenter`),
-    "simmim_" + a name a masked-image model (`create_mim`)."""
+    "simmim_" + a name a masked-image model (`create_mim`), "mask_rcnn_" / "cascade_mask_rcnn_" + a name a
+    detector (`create_detector`)."""
+    if detector_kind(name):
+        return create_detector(name, **overrides)
     if name.startswith(SEGMENTER_PREFIX):
         return create_segmenter(name, **overrides)
     if name.startswith(MIM_PREFIX):
@@ -191,7 +242,7 @@ def _same(a, b) -> bool:
     return (tuple(a) if isinstance(a, (list, tuple)) else a) == (tuple(b) if isinstance(b, (list, tuple)) else b)
 
 
-def describe(model: Swin | UPerNet | SimMIM) -> str:
+def describe(model: Swin | UPerNet | SimMIM | TwoStageDetector) -> str:
     """The model's registered name (when its architecture is one) and its hyper-parameters, for messages:
     'swin_tiny_patch4_window7_224 (Swin V1, embed_dim=96, depths=(2, 2, 6, 2), ...)'; a segmenter's
     'UPerNet (150 classes) on ...', a masked-image model's 'SimMIM on ...'."""
@@ -199,6 +250,9 @@ def describe(model: Swin | UPerNet | SimMIM) -> str:
         return f"UPerNet ({model.num_classes} classes) on {describe(model.backbone)}"
     if isinstance(model, SimMIM):
         return f"SimMIM on {describe(model.encoder)}"
+    if isinstance(model, TwoStageDetector):
+        kind = "Cascade Mask R-CNN" if model.cascade else "Mask R-CNN"
+        return f"{kind} ({model.num_classes} classes) on {describe(model.backbone)}"
     fields = {f: getattr(model, f) for f in SHAPE_FIELDS}
     summary = (f"embed_dim={model.embed_dim}, depths={tuple(model.depths)}, "
                f"num_heads={tuple(model.num_heads)}, window_size={model.window_size}, patch_size={model.patch_size}, "

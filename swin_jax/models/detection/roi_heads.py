@@ -59,6 +59,23 @@ class BBoxHead(nn.Module):
         return logits.astype(jnp.float32), deltas.astype(jnp.float32)
 
 
+class Upsample2x(nn.Module):
+    """PyTorch's ConvTranspose2d(kernel 2, stride 2): every input pixel becomes a 2x2 block of its own.
+    Parameters `kernel` (2, 2, in, out) and `bias`."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        kernel = self.param("kernel", kaiming_normal_fan_out, (2, 2, x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        n, h, w, _ = x.shape
+        x = jnp.einsum("nhwc,abco->nhawbo", x, kernel.astype(self.dtype), precision=_HIGHEST)
+        return x.reshape(n, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
+
+
 class MaskHead(nn.Module):
     """(N, 14, 14, C) RoI features -> (N, 28, 28, num_classes) mask logits."""
 
@@ -73,12 +90,7 @@ class MaskHead(nn.Module):
         for i in range(self.num_convs):
             x = nn.relu(ConvModule(self.channels, 3, self.dtype, self.param_dtype, kernel_init=kaiming_normal_fan_out,
                                    name=f"convs_{i}")(x))
-        # ConvTranspose2d(kernel 2, stride 2): every input pixel becomes a 2x2 block of its own.
-        kernel = self.param("kernel", kaiming_normal_fan_out, (2, 2, x.shape[-1], self.channels), self.param_dtype)
-        bias = self.param("bias", nn.initializers.zeros, (self.channels,), self.param_dtype)
-        n, h, w, _ = x.shape
-        x = jnp.einsum("nhwc,abco->nhawbo", x, kernel.astype(self.dtype), precision=_HIGHEST)
-        x = nn.relu(x.reshape(n, 2 * h, 2 * w, self.channels) + bias.astype(self.dtype))
+        x = nn.relu(Upsample2x(self.channels, self.dtype, self.param_dtype, name="upsample")(x))
         x = nn.Conv(self.num_classes, (1, 1), kernel_init=kaiming_normal_fan_out, bias_init=nn.initializers.zeros,
                     dtype=self.dtype, param_dtype=self.param_dtype, name="conv_logits")(x)
         return x.astype(jnp.float32)
