@@ -1,14 +1,19 @@
-"""Classify or segment images with a converted directory, a PyTorch checkpoint or a training workdir.
+"""Classify, segment or detect in images with a converted directory, a PyTorch checkpoint or a training
+workdir.
 
   python -m swin_jax.predict --checkpoint DIR_OR_FILE [--model NAME] [--crop-pct P] IMAGE...
   python -m swin_jax.predict --checkpoint SEGMENTER image.jpg --output mask.png [--mode slide] [--flip]
   python -m swin_jax.predict --checkpoint SIMMIM image.jpg --output reconstruction.png [--mask-seed 0]
+  python -m swin_jax.predict --checkpoint DETECTOR image.jpg --output boxes.png [--json results.json]
 
 A classifier prints the top-5 classes. A segmenter (UPerNet) writes the colour-coded mask (ADE20K's
 palette) to --output and an overlay on the image beside it (NAME_overlay.png), and prints the share of
 the image each class covers. A SimMIM model masks the image (the training config's mask cells and
 ratio, drawn from --mask-seed) and writes original | masked | reconstruction to --output, printing the
-reconstruction loss. Images go through the evaluation transforms of the training pipeline
+reconstruction loss. A detector (Mask R-CNN, Cascade Mask R-CNN; an official Swin detection checkpoint
+is recognised) applies the official test transform (keep-ratio resize to 1333x800, pad to 32), draws
+boxes, class names, scores and masks to --output and writes COCO-format results (bbox [x, y, w, h] in
+the image's pixels, score, category_id, RLE segmentation) to --json. Images go through the evaluation transforms of the training pipeline
 (swin_jax.data.transforms, swin_jax.data.segmentation), so a prediction here and an evaluation in
 train.py see the same pixels.
 """
@@ -17,21 +22,25 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
 
 from swin_jax import data, workdir
 from swin_jax.convert import ConversionError, convert_state_dict, layouts, read_state_dict
-from swin_jax.data import ade20k, segmentation, transforms
+from swin_jax.data import ade20k, coco, segmentation, transforms
 from swin_jax.data.host import tf
 from swin_jax.data.on_device import simmim_masks
 from swin_jax.data.scenes import SCENE_CLASSES
 from swin_jax.models import create_model, registry
+from swin_jax.models.detection.detectors import TwoStageDetector
+from swin_jax.models.detection.roi_heads import paste_masks
 from swin_jax.models.layers import resize_bilinear
 from swin_jax.models.upernet import segment_probabilities
 from swin_jax.tasks.segmentation import class_names_for
@@ -66,6 +75,17 @@ def load(path: str, model_name: str | None):
     if saved is not None:
         return saved
     state = read_state_dict(path)
+    if any(k.startswith("rpn_head.") for k in state):  # an official detection checkpoint
+        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        cascade = any(k.startswith("roi_head.bbox_head.0.") for k in state)
+        if not model_name:
+            matches = registry.matching_models(layouts.describe(layouts.to_timm_layout(backbone)[1]))
+            if not matches:
+                raise ConversionError(f"{path}: no registered model has its backbone's shapes; pass --model")
+            model_name = ("cascade_mask_rcnn_" if cascade else "mask_rcnn_") + matches[0]
+        classes = next(v.shape[0] - 1 for k, v in state.items() if k.endswith("fc_cls.weight"))
+        model = create_model(model_name, num_classes=classes)
+        return model, convert_state_dict(state, model, source=path, require_heads=True)
     if layouts.is_mim_state(state):
         found = layouts.describe(layouts.to_timm_layout(layouts.split_mim_state(state, path)[0])[1])
         if not model_name:
@@ -150,6 +170,9 @@ def main(argv=None) -> int:
     segmenting.add_argument("--crop", type=int, default=512, help="slide: window size")
     segmenting.add_argument("--stride", type=int, default=341, help="slide: window stride")
     segmenting.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    detecting = parser.add_argument_group("detectors")
+    detecting.add_argument("--json", help="COCO-format results (a list of detections) for every image")
+    detecting.add_argument("--score", type=float, default=0.3, help="draw detections scoring at least this")
     masking = parser.add_argument_group("SimMIM models")
     masking.add_argument("--mask-seed", type=int, default=0, help="the random mask's seed")
     parser.add_argument("images", nargs="+")
@@ -160,6 +183,8 @@ def main(argv=None) -> int:
             model, variables, config = workdir.load_workdir(args.checkpoint)
         else:
             model, variables = load(args.checkpoint, args.model)
+        if isinstance(model, TwoStageDetector):
+            return _detect_main(args, model, variables)
         if hasattr(model, "backbone"):
             return _segment_main(args, model, variables, config)
         if hasattr(model, "encoder"):
@@ -211,6 +236,84 @@ def _reconstruct_main(args, model, variables, config) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(args.output)
     print(f"original | masked | reconstruction: {args.output}")
+    return 0
+
+
+def detect(model, apply_fn, variables, path: str):
+    """(the image as read, and its detections in its own pixels: boxes (N, 4), scores, labels, masks
+    (N, H, W) bool) after the official test transform."""
+    with open(path, "rb") as f:
+        encoded = f.read()
+    try:
+        image = transforms.decode(tf.constant(encoded)).numpy()
+    except tf.errors.InvalidArgumentError as e:
+        raise ValueError(f"{path}: not a readable image ({str(e).splitlines()[0][:200]})") from None
+    if min(image.shape[:2]) == 0:
+        raise ValueError(f"{path}: the image has no pixels ({image.shape[0]}x{image.shape[1]})")
+    x, hw, (sx, sy) = coco.test_image(image)
+    out = jax.device_get(apply_fn(variables, x[None], np.array([hw], np.int32)))
+    keep = out["valid"][0]
+    boxes = out["boxes"][0][keep] / np.array([sx, sy, sx, sy], np.float32)
+    masks = np.asarray(paste_masks(out["masks"][0][keep], boxes, image.shape[:2]))
+    return image, boxes, out["scores"][0][keep], out["labels"][0][keep], masks
+
+
+def coco_results(image_id, boxes, scores, labels, masks, num_classes: int) -> list[dict]:
+    """COCO's results format: bbox [x, y, w, h], score, category_id (COCO's ids for 80 classes, else
+    label + 1) and the mask as RLE."""
+    rows = []
+    for box, score, label, mask in zip(boxes, scores, labels, masks):
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        rows.append({"image_id": image_id, "bbox": [round(float(v), 2) for v in (box[0], box[1], box[2] - box[0],
+                                                                                 box[3] - box[1])],
+                     "score": round(float(score), 5), "segmentation": rle,
+                     "category_id": coco.CATEGORY_IDS[label] if num_classes == 80 else int(label) + 1})
+    return rows
+
+
+def draw_detections(image, boxes, scores, labels, masks, names, min_score: float):
+    """The image with each detection scoring at least `min_score`: its mask blended in, its box, name and score."""
+    colours = ade20k.palette(len(names) + 1)[1:]
+    canvas = image.astype(np.float32)
+    shown = scores >= min_score
+    for label, mask in zip(labels[shown], masks[shown]):
+        canvas[mask] = 0.5 * canvas[mask] + 0.5 * colours[label]
+    picture = Image.fromarray(canvas.round().astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for box, score, label in zip(boxes[shown], scores[shown], labels[shown]):
+        colour = tuple(int(c) for c in colours[label])
+        draw.rectangle([float(v) for v in box], outline=colour, width=2)
+        draw.text((float(box[0]) + 2, float(box[1]) + 1), f"{names[label]} {score:.2f}", fill=colour)
+    return picture
+
+
+def _detect_main(args, model, variables) -> int:
+    names = list(coco.CLASSES) if model.num_classes == 80 else [f"class {i}" for i in range(model.num_classes)]
+    apply_fn, results = jax.jit(model.apply), []
+    for i, path in enumerate(args.images):
+        if not os.path.isfile(path):
+            print(f"error: {path}: no such image file", file=sys.stderr)
+            return 1
+        try:
+            image, boxes, scores, labels, masks = detect(model, apply_fn, variables, path)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        stem = os.path.splitext(os.path.basename(path))[0]
+        results += coco_results(int(stem) if stem.isdigit() else stem, boxes, scores, labels, masks, model.num_classes)
+        print(f"{path}: {len(scores)} detections, {int((scores >= args.score).sum())} scoring >= {args.score}")
+        for score, label in list(zip(scores, labels))[:args.top]:
+            print(f"  {score:6.3f}  {names[label]}")
+        if args.output:
+            output = args.output if len(args.images) == 1 else os.path.join(args.output, f"{stem}_detections.png")
+            os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+            draw_detections(image, boxes, scores, labels, masks, names, args.score).save(output)
+            print(f"  drawn: {output}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f)
+        print(f"{len(results)} detections in COCO's results format: {args.json}")
     return 0
 
 

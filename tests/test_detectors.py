@@ -5,6 +5,7 @@ window kept, a LayerNorm per stage map), then mmdet's FPN, RPN and proposals, Ro
 the reference functions of the part tests. Every tensor random, BatchNorm statistics too; two padded
 image sizes that are not multiples of 32, with detections clipped to each image's own size."""
 
+import json
 import logging
 
 import jax
@@ -136,3 +137,62 @@ def test_a_classifier_gives_the_backbone_of_a_fresh_detector(caplog):
     np.testing.assert_array_equal(variables["params"]["backbone"]["norm1"]["scale"], np.ones(32))
     with pytest.raises(ConversionError, match="holds no detector"):
         convert_state_dict(numpy_state(tm), model, require_heads=True)
+
+
+def test_predict_draws_detections_and_writes_coco_results(tmp_path, capsys):
+    """A converted detector directory: the official test transform (120x90 -> 1067x800, padded to
+    1088x800), boxes and masks back in the image's pixels, a PNG and COCO-format JSON; a bad image is
+    named and nothing is written."""
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    from swin_jax import checkpoint
+    from swin_jax.data import coco
+    from swin_jax.predict import main as predict_main
+
+    name, overrides = "mask_rcnn_swin_tiny_patch4_window7_224", dict(img_size=64, **ARCH, **HEADS)
+    model = swin_jax.create_model(name, **overrides)
+    variables = randomise(jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32)))
+    checkpoint.save_pretrained(tmp_path / "det", variables, name, overrides)
+    pixels = np.random.RandomState(0).randint(0, 256, (90, 120, 3), np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "7.png")
+    out, results = tmp_path / "out.png", tmp_path / "results.json"
+    assert predict_main(["--checkpoint", str(tmp_path / "det"), str(tmp_path / "7.png"), "--output", str(out),
+                         "--json", str(results), "--score", "0"]) == 0
+    assert Image.open(out).size == (120, 90)
+    rows = json.loads(results.read_text())
+    assert len(rows) == HEADS["max_per_img"] and {r["image_id"] for r in rows} == {7}
+    assert {r["category_id"] for r in rows} <= set(range(1, 6))
+
+    x, hw, (sx, sy) = coco.test_image(pixels)
+    assert x.shape == (800, 1088, 3) and hw == (800, 1067)
+    want = jax.device_get(jax.jit(model.apply)(variables, x[None], np.array([hw], np.int32)))
+    boxes = np.array([r["bbox"] for r in rows])
+    np.testing.assert_allclose(boxes[:, :2], want["boxes"][0][:, :2] / [sx, sy], atol=0.01)
+    np.testing.assert_allclose(boxes[:, 2:], (want["boxes"][0][:, 2:] - want["boxes"][0][:, :2]) / [sx, sy], atol=0.02)
+    np.testing.assert_allclose([r["score"] for r in rows], want["scores"][0], atol=1e-5)
+    masks = mask_utils.decode([r["segmentation"] for r in rows])
+    assert masks.shape == (90, 120, len(rows)) and masks.any()
+
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert predict_main(["--checkpoint", str(tmp_path / "det"), str(tmp_path / "broken.png"), "--json",
+                         str(tmp_path / "none.json")]) == 1
+    assert "broken.png: not a readable image" in capsys.readouterr().err
+    assert not (tmp_path / "none.json").exists()
+
+
+def test_names_and_parameter_counts():
+    """The official configs' detectors, with the parameter counts of the official table (48M, 69M, 86M,
+    107M, 145M); the exact figures are the sum of the official modules' tensors."""
+    counts = {"mask_rcnn_swin_tiny_patch4_window7": 47_794_602, "mask_rcnn_swin_small_patch4_window7": 69_112_506,
+              "cascade_mask_rcnn_swin_tiny_patch4_window7": 85_629_804,
+              "cascade_mask_rcnn_swin_small_patch4_window7": 106_947_708,
+              "cascade_mask_rcnn_swin_base_patch4_window7": 144_977_002}
+    for name, count in counts.items():
+        model = swin_jax.create_model(name)
+        shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))
+        assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == count, name
+    model = swin_jax.create_model("cascade_mask_rcnn_swin_base_patch4_window7")
+    assert model.backbone.drop_path_rate == 0.3 and model.backbone.partition == "always" and model.cascade
+    with pytest.raises(ValueError, match="unknown detector 'mask_rcnn_swin_tinny'"):
+        swin_jax.create_model("mask_rcnn_swin_tinny")

@@ -1,12 +1,14 @@
 """Convert PyTorch Swin checkpoints to swin_jax, and swin_jax models back to timm (classifiers),
-Hugging Face's UperNetForSemanticSegmentation (segmenters, "upernet_" names) or
-Swin(v2)ForMaskedImageModeling (SimMIM, "simmim_" names).
+Hugging Face's UperNetForSemanticSegmentation (segmenters, "upernet_" names),
+Swin(v2)ForMaskedImageModeling (SimMIM, "simmim_" names) or the official detection layout
+("mask_rcnn_" / "cascade_mask_rcnn_" names).
 
   python -m swin_jax.convert --model swin_tiny_patch4_window7_224 --checkpoint swin_tiny.pth --output DIR
   python -m swin_jax.convert --model swin_base_patch4_window12_384 --checkpoint swin_base_22k.pth \
       --output DIR --map-22k-to-1k map22kto1k.txt
   python -m swin_jax.convert --model upernet_swin_tiny --checkpoint upernet_swin_tiny_ade20k.pth --output DIR
   python -m swin_jax.convert --model simmim_swin_base_img192_window6 --checkpoint simmim_pretrain.pth --output DIR
+  python -m swin_jax.convert --model mask_rcnn_swin_tiny_patch4_window7 --checkpoint mask_rcnn_swin_tiny.pth --output DIR
   python -m swin_jax.convert --to-pytorch --checkpoint DIR --output model.safetensors
 """
 
@@ -23,6 +25,7 @@ from safetensors.numpy import save_file
 from swin_jax import checkpoint
 from swin_jax.convert import ConversionError, export_state_dict, load_pytorch_checkpoint, read_class_map
 from swin_jax.models import create_model
+from swin_jax.models.detection.detectors import TwoStageDetector
 from swin_jax.models.upernet import UPerNet
 
 
@@ -59,6 +62,8 @@ def to_jax(args) -> None:
     options = dict(class_map=class_map) if class_map is not None else {}
     if isinstance(model, UPerNet):
         options = dict(backbone_only=args.backbone_only, require_heads=not args.backbone_only)
+    elif isinstance(model, TwoStageDetector):  # converting a file means converting a whole detector
+        options = dict(require_heads=True)
     variables = load_pytorch_checkpoint(args.checkpoint, model, **options)
     checkpoint.save_pretrained(args.output, variables, args.model, overrides)
     print(f"wrote {args.output} ({args.model}, {overrides or 'default config'})")
