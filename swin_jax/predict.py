@@ -165,7 +165,8 @@ def main(argv=None) -> int:
                             "With several images, a folder for IMAGE_mask.png and IMAGE_overlay.png. "
                             "SimMIM: the original | masked | reconstruction PNG")
     segmenting.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
-                            help="evaluation resize keeping the ratio (default: the training config's, else 2048 512)")
+                            help="evaluation resize keeping the ratio (default: the training config's, else 2048 512; "
+                            "detectors: 1333 800)")
     segmenting.add_argument("--mode", choices=("whole", "slide"), default="whole")
     segmenting.add_argument("--crop", type=int, default=512, help="slide: window size")
     segmenting.add_argument("--stride", type=int, default=341, help="slide: window stride")
@@ -239,9 +240,9 @@ def _reconstruct_main(args, model, variables, config) -> int:
     return 0
 
 
-def detect(model, apply_fn, variables, path: str):
+def detect(model, apply_fn, variables, path: str, scale=coco.TEST_SCALE):
     """(the image as read, and its detections in its own pixels: boxes (N, 4), scores, labels, masks
-    (N, H, W) bool) after the official test transform."""
+    (N, H, W) bool) after the official test transform (keep-ratio resize to `scale`)."""
     with open(path, "rb") as f:
         encoded = f.read()
     try:
@@ -250,7 +251,7 @@ def detect(model, apply_fn, variables, path: str):
         raise ValueError(f"{path}: not a readable image ({str(e).splitlines()[0][:200]})") from None
     if min(image.shape[:2]) == 0:
         raise ValueError(f"{path}: the image has no pixels ({image.shape[0]}x{image.shape[1]})")
-    x, hw, (sx, sy) = coco.test_image(image)
+    x, hw, (sx, sy) = coco.test_image(image, scale)
     out = jax.device_get(apply_fn(variables, x[None], np.array([hw], np.int32)))
     keep = out["valid"][0]
     boxes = out["boxes"][0][keep] / np.array([sx, sy, sx, sy], np.float32)
@@ -296,7 +297,8 @@ def _detect_main(args, model, variables) -> int:
             print(f"error: {path}: no such image file", file=sys.stderr)
             return 1
         try:
-            image, boxes, scores, labels, masks = detect(model, apply_fn, variables, path)
+            image, boxes, scores, labels, masks = detect(model, apply_fn, variables, path,
+                                                         tuple(args.scale or coco.TEST_SCALE))
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -34,16 +34,17 @@ def hf_backbone():
     return randomize(SwinBackbone(config)).eval()
 
 
-def torch_detector(backbone, variables, pixels, image_hw, cascade):
-    """mmdet's simple_test of one image, rescale off: (proposals, boxes, scores, labels, masks 28x28)."""
+def torch_detector(backbone, variables, pixels, image_hw, cascade, heads=HEADS):
+    """mmdet's simple_test of one image, rescale off: (proposals, boxes, scores, labels, masks 28x28); `heads`
+    holds the test configuration (rpn_nms_pre, rpn_max_per_img, max_per_img)."""
     p, stats = torch_tree(variables)["params"], torch_tree(variables).get("batch_stats", {})
     stds = CASCADE_STDS if cascade else MASK_RCNN_STDS
     suffix = (lambda k: f"_{k}") if cascade else (lambda k: "")
     with torch.no_grad():
         levels = torch_fpn(p["neck"], list(backbone(pixels).feature_maps))
         outs = torch_head(p["rpn_head"], levels)
-        proposals, _ = mmdet_proposals(outs, [tuple(x.shape[2:]) for x in levels], image_hw, HEADS["rpn_nms_pre"],
-                                       HEADS["rpn_max_per_img"], 0.7)
+        proposals, _ = mmdet_proposals(outs, [tuple(x.shape[2:]) for x in levels], image_hw, heads["rpn_nms_pre"],
+                                       heads["rpn_max_per_img"], 0.7)
         rois, scores = torch.from_numpy(proposals), []
         for k, stage_stds in enumerate(stds):
             head = {"params": p[f"bbox_head{suffix(k)}"], "batch_stats": stats.get(f"bbox_head{suffix(k)}", {})}
@@ -55,7 +56,7 @@ def torch_detector(backbone, variables, pixels, image_hw, cascade):
                 reg = torch.gather(reg, 1, torch.stack([label, label + 1, label + 2, label + 3], 1))
                 rois = mmdet_delta2bbox(rois, reg, (0, 0, 0, 0), stage_stds, image_hw)
         boxes, det_scores, labels = mmdet_detect(rois, sum(scores) / len(scores), reg, image_hw, stds[-1], 0.05, 0.5,
-                                                 HEADS["max_per_img"])
+                                                 heads["max_per_img"])
         features = torch_multilevel_roi_align(levels[:4], torch.from_numpy(boxes), 14)
         probabilities = sum(torch.sigmoid(torch_mask_head(p[f"mask_head{suffix(k)}"], features))
                             for k in range(len(stds))) / len(stds)
@@ -140,9 +141,9 @@ def test_a_classifier_gives_the_backbone_of_a_fresh_detector(caplog):
 
 
 def test_predict_draws_detections_and_writes_coco_results(tmp_path, capsys):
-    """A converted detector directory: the official test transform (120x90 -> 1067x800, padded to
-    1088x800), boxes and masks back in the image's pixels, a PNG and COCO-format JSON; a bad image is
-    named and nothing is written."""
+    """A converted detector directory: the test transform (120x90 at scale 400x240 -> 320x240, padded to
+    320x256; the official 1333x800 gives 1067x800), boxes and masks back in the image's pixels, a PNG and
+    COCO-format JSON; a bad image is named and nothing is written."""
     from PIL import Image
     from pycocotools import mask as mask_utils
 
@@ -158,14 +159,15 @@ def test_predict_draws_detections_and_writes_coco_results(tmp_path, capsys):
     Image.fromarray(pixels).save(tmp_path / "7.png")
     out, results = tmp_path / "out.png", tmp_path / "results.json"
     assert predict_main(["--checkpoint", str(tmp_path / "det"), str(tmp_path / "7.png"), "--output", str(out),
-                         "--json", str(results), "--score", "0"]) == 0
+                         "--json", str(results), "--score", "0", "--scale", "400", "240"]) == 0
     assert Image.open(out).size == (120, 90)
     rows = json.loads(results.read_text())
     assert len(rows) == HEADS["max_per_img"] and {r["image_id"] for r in rows} == {7}
     assert {r["category_id"] for r in rows} <= set(range(1, 6))
 
-    x, hw, (sx, sy) = coco.test_image(pixels)
-    assert x.shape == (800, 1088, 3) and hw == (800, 1067)
+    assert coco.test_image(pixels)[1] == (800, 1067)
+    x, hw, (sx, sy) = coco.test_image(pixels, (400, 240))
+    assert x.shape == (256, 320, 3) and hw == (240, 320)
     want = jax.device_get(jax.jit(model.apply)(variables, x[None], np.array([hw], np.int32)))
     boxes = np.array([r["bbox"] for r in rows])
     np.testing.assert_allclose(boxes[:, :2], want["boxes"][0][:, :2] / [sx, sy], atol=0.01)
