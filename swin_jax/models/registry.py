@@ -87,33 +87,46 @@ SEGMENTER_FIELDS = ("num_classes", "channels", "pool_scales", "auxiliary_channel
                     "dropout_rate")
 
 
-def segmenter_backbone(name: str) -> tuple[str, dict]:
-    """The backbone name and its hyper-parameter overrides of a segmenter name."""
-    if name in SEGMENTERS:
-        return SEGMENTERS[name]
-    backbone = name[len(SEGMENTER_PREFIX):]
+def composite_backbone(name: str, prefix: str, named: dict[str, tuple[str, dict]], what: str) -> tuple[str, dict]:
+    """The backbone name and its hyper-parameter overrides of a model built on a Swin: one of `named` (the
+    official configs' short names), or `prefix` + a registered backbone name."""
+    if name in named:
+        return named[name]
+    backbone = name[len(prefix):]
     if backbone not in MODELS:
-        close = [SEGMENTER_PREFIX + m for m in close_names(backbone)] + [m for m in SEGMENTERS if m.startswith(name)]
+        close = [prefix + m for m in close_names(backbone)] + [m for m in named if m.startswith(name)]
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown segmenter {name!r}: 'upernet_' + a backbone name ({', '.join(sorted(MODELS))}) or "
-                         f"one of {', '.join(SEGMENTERS)}.{hint}")
+        raise ValueError(f"unknown {what} {name!r}: {prefix!r} + a backbone name or one of "
+                         f"{', '.join(named)}.{hint}")
     return backbone, {}
+
+
+def head_overrides(overrides: dict, fields: tuple[str, ...]) -> dict:
+    """Takes the heads' `fields` out of `overrides`; dtype and param_dtype go to both."""
+    heads = {k: overrides.pop(k) for k in fields if k in overrides}
+    heads.update({k: overrides[k] for k in ("dtype", "param_dtype") if k in overrides})
+    return heads
+
+
+def dense_backbone(name: str, overrides: dict) -> Swin:
+    """The Swin `name` as the dense heads' backbone: its four stage maps, V1 each through its own norm with
+    every window kept (the official detection and segmentation backbone, Hugging Face's SwinBackbone), V2 as
+    Hugging Face's Swinv2Backbone."""
+    config = model_config(name, **overrides)
+    v1 = model_class(name) is SwinTransformer
+    config.update(num_classes=0, out_indices=tuple(range(len(config["depths"]))), out_norm=v1,
+                  partition="always" if v1 else "per_img_size")
+    return model_class(name)(**config)
 
 
 def create_segmenter(name: str, num_classes: int = 150, **overrides) -> UPerNet:
     """UPerNet on a Swin backbone: "upernet_" + a backbone name, or an official config's short name.
     Overrides of UPerNet's fields (SEGMENTER_FIELDS) go to the heads, dtype / param_dtype to both, the rest
     to the backbone (e.g. drop_path_rate, remat, img_size)."""
-    backbone_name, backbone_overrides = segmenter_backbone(name)
-    heads = {k: overrides.pop(k) for k in SEGMENTER_FIELDS[1:] if k in overrides}
-    for k in ("dtype", "param_dtype"):
-        if k in overrides:
-            heads[k] = overrides[k]
-    config = model_config(backbone_name, **{**backbone_overrides, **overrides})
-    v1 = model_class(backbone_name) is SwinTransformer  # V1 as the official backbone and HF's SwinBackbone,
-    config.update(num_classes=0, out_indices=tuple(range(len(config["depths"]))),  # V2 as HF's Swinv2Backbone
-                  out_norm=v1, partition="always" if v1 else "per_img_size")
-    return UPerNet(model_class(backbone_name)(**config), num_classes=num_classes, **heads)
+    backbone_name, backbone_overrides = composite_backbone(name, SEGMENTER_PREFIX, SEGMENTERS, "segmenter")
+    heads = head_overrides(overrides, SEGMENTER_FIELDS[1:])
+    return UPerNet(dense_backbone(backbone_name, {**backbone_overrides, **overrides}), num_classes=num_classes,
+                   **heads)
 
 
 # SimMIM: "simmim_" + any backbone name; the official pre-training configs (configs/simmim/) as short
@@ -130,19 +143,8 @@ MIM_FIELDS = ("norm_target_window",)
 def create_mim(name: str, **overrides) -> SimMIM:
     """SimMIM on a Swin encoder: "simmim_" + a backbone name, or an official config's short name.
     `norm_target_window` goes to SimMIM, dtype / param_dtype to both, the rest to the encoder."""
-    if name in MIM_MODELS:
-        backbone_name, backbone_overrides = MIM_MODELS[name]
-    else:
-        backbone_name, backbone_overrides = name[len(MIM_PREFIX):], {}
-        if backbone_name not in MODELS:
-            close = [MIM_PREFIX + m for m in close_names(backbone_name)] + [m for m in MIM_MODELS if m.startswith(name)]
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown SimMIM model {name!r}: 'simmim_' + a backbone name or one of "
-                             f"{', '.join(MIM_MODELS)}.{hint}")
-    mim = {k: overrides.pop(k) for k in MIM_FIELDS if k in overrides}
-    for k in ("dtype", "param_dtype"):
-        if k in overrides:
-            mim[k] = overrides[k]
+    backbone_name, backbone_overrides = composite_backbone(name, MIM_PREFIX, MIM_MODELS, "SimMIM model")
+    mim = head_overrides(overrides, MIM_FIELDS)
     config = model_config(backbone_name, **{**backbone_overrides, **overrides})
     config.update(num_classes=0, global_pool=False, use_mask_token=True)
     return SimMIM(model_class(backbone_name)(**config), **mim)
@@ -174,24 +176,9 @@ def create_detector(name: str, num_classes: int = 80, **overrides) -> TwoStageDe
     name, or an official config's name. Overrides of DETECTOR_FIELDS go to the detector, dtype /
     param_dtype to both, the rest to the backbone."""
     prefix = detector_kind(name)
-    if name in DETECTORS:
-        backbone_name, backbone_overrides = DETECTORS[name]
-    else:
-        backbone_name, backbone_overrides = name[len(prefix):], {}
-        if backbone_name not in MODELS:
-            close = [prefix + m for m in close_names(backbone_name)] + [m for m in DETECTORS if m.startswith(name)]
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown detector {name!r}: {prefix!r} + a backbone name or one of "
-                             f"{', '.join(DETECTORS)}.{hint}")
-    heads = {k: overrides.pop(k) for k in DETECTOR_FIELDS[1:] if k in overrides}
-    for k in ("dtype", "param_dtype"):
-        if k in overrides:
-            heads[k] = overrides[k]
-    config = model_config(backbone_name, **{**backbone_overrides, **overrides})
-    v1 = model_class(backbone_name) is SwinTransformer
-    config.update(num_classes=0, out_indices=tuple(range(len(config["depths"]))), out_norm=v1,
-                  partition="always" if v1 else "per_img_size")
-    return TwoStageDetector(model_class(backbone_name)(**config), num_classes=num_classes,
+    backbone_name, backbone_overrides = composite_backbone(name, prefix, DETECTORS, "detector")
+    heads = head_overrides(overrides, DETECTOR_FIELDS[1:])
+    return TwoStageDetector(dense_backbone(backbone_name, {**backbone_overrides, **overrides}), num_classes=num_classes,
                             **DETECTOR_PREFIXES[prefix], **heads)
 
 
