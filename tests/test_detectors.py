@@ -198,3 +198,27 @@ def test_names_and_parameter_counts():
     assert model.backbone.drop_path_rate == 0.3 and model.backbone.partition == "always" and model.cascade
     with pytest.raises(ValueError, match="unknown detector 'mask_rcnn_swin_tinny'"):
         swin_jax.create_model("mask_rcnn_swin_tinny")
+
+
+def test_bad_checkpoints_are_named_and_nothing_is_written(tmp_path, capsys):
+    from swin_jax.convert.__main__ import main as convert_main
+
+    model = swin_jax.create_model("mask_rcnn_swin_tiny_patch4_window7_224", img_size=64, **ARCH, **HEADS)
+    state = export_state_dict(randomise(jax.eval_shape(model.init, jax.random.key(0),
+                                                       np.zeros((1, 64, 64, 3), np.float32))), model)[0]
+    wider = swin_jax.create_model("mask_rcnn_swin_tiny_patch4_window7_224", img_size=64, **{**ARCH, "embed_dim": 32},
+                                  **HEADS)
+    with pytest.raises(ConversionError, match=r"(?s)\(backbone\).*does not fit.*embed_dim=16"):
+        convert_state_dict(state, wider)
+    with pytest.raises(ConversionError, match="holds a UPerNet segmenter"):
+        convert_state_dict({"backbone.patch_embed.proj.weight": np.zeros((16, 3, 4, 4), np.float32),
+                            "decode_head.conv_seg.weight": np.zeros((5, 8, 1, 1), np.float32)}, model)
+    path = tmp_path / "det.pth"
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in state.items()}}, path)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    with pytest.raises(ConversionError, match="truncated.pth: not a readable PyTorch checkpoint"):
+        load_pytorch_checkpoint(truncated, model)
+    assert convert_main(["--model", "mask_rcnn_swin_tiny_patch4_window7", "--checkpoint", str(truncated), "--output",
+                         str(tmp_path / "out")]) == 1
+    assert "truncated.pth" in capsys.readouterr().err and not (tmp_path / "out").exists()
