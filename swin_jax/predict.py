@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
-from pycocotools import mask as mask_utils
 
 from swin_jax import data, workdir
 from swin_jax.convert import ConversionError, convert_state_dict, layouts, read_state_dict
@@ -43,6 +42,7 @@ from swin_jax.models.detection.detectors import TwoStageDetector
 from swin_jax.models.detection.roi_heads import paste_masks
 from swin_jax.models.layers import resize_bilinear
 from swin_jax.models.upernet import segment_probabilities
+from swin_jax.tasks import detection
 from swin_jax.tasks.segmentation import class_names_for
 from swin_jax.tasks.simmim import triptych
 
@@ -259,20 +259,6 @@ def detect(model, apply_fn, variables, path: str, scale=coco.TEST_SCALE):
     return image, boxes, out["scores"][0][keep], out["labels"][0][keep], masks
 
 
-def coco_results(image_id, boxes, scores, labels, masks, num_classes: int) -> list[dict]:
-    """COCO's results format: bbox [x, y, w, h], score, category_id (COCO's ids for 80 classes, else
-    label + 1) and the mask as RLE."""
-    rows = []
-    for box, score, label, mask in zip(boxes, scores, labels, masks):
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
-        rows.append({"image_id": image_id, "bbox": [round(float(v), 2) for v in (box[0], box[1], box[2] - box[0],
-                                                                                 box[3] - box[1])],
-                     "score": round(float(score), 5), "segmentation": rle,
-                     "category_id": coco.CATEGORY_IDS[label] if num_classes == 80 else int(label) + 1})
-    return rows
-
-
 def draw_detections(image, boxes, scores, labels, masks, names, min_score: float):
     """The image with each detection scoring at least `min_score`: its mask blended in, its box, name and score."""
     colours = ade20k.palette(len(names) + 1)[1:]
@@ -303,7 +289,9 @@ def _detect_main(args, model, variables) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         stem = os.path.splitext(os.path.basename(path))[0]
-        results += coco_results(int(stem) if stem.isdigit() else stem, boxes, scores, labels, masks, model.num_classes)
+        category_ids = coco.CATEGORY_IDS if model.num_classes == 80 else range(1, model.num_classes + 1)
+        results += detection.coco_results(int(stem) if stem.isdigit() else stem, boxes, scores, labels, masks,
+                                          category_ids)
         print(f"{path}: {len(scores)} detections, {int((scores >= args.score).sum())} scoring >= {args.score}")
         for score, label in list(zip(scores, labels))[:args.top]:
             print(f"  {score:6.3f}  {names[label]}")
