@@ -135,7 +135,7 @@ def test_roi_align_matches_torchvision_for_every_sample_count(aligned, sampling_
     """Boxes from a fraction of a pixel to the whole map, so that the number of samples per bin (ceil of
     the bin size) runs from 1 to its largest, and boxes that cross the border."""
     rng = np.random.RandomState(4)
-    features = torch.randn(1, 5, 37, 53)
+    features = torch.randn(1, 5, 37, 53, generator=torch.Generator().manual_seed(4))
     boxes = np.concatenate([random_boxes(rng, 60, (148, 212), min_size=0.5, max_size=20),
                             random_boxes(rng, 60, (148, 212), min_size=20, max_size=212),
                             np.array([[0, 0, 212, 148], [-3, -2, 30, 20], [200, 140, 215, 150], [10, 10, 10, 10]],
@@ -152,7 +152,8 @@ def test_roi_align_matches_torchvision_for_every_sample_count(aligned, sampling_
 def test_multilevel_roi_align_pools_each_box_from_its_level():
     rng = np.random.RandomState(5)
     strides = (4, 8, 16, 32)
-    maps = [torch.randn(1, 3, 480 // s, 640 // s) for s in strides]
+    generator = torch.Generator().manual_seed(5)
+    maps = [torch.randn(1, 3, 480 // s, 640 // s, generator=generator) for s in strides]
     boxes = np.concatenate([random_boxes(rng, 80, (480, 640), min_size=4, max_size=640),
                             np.array([[0, 0, 640, 480], [20, 10, 600, 470]], np.float32)])
     levels = box_ops.roi_levels(boxes, 4)
@@ -163,7 +164,11 @@ def test_multilevel_roi_align_pools_each_box_from_its_level():
         idx = torch.from_numpy(np.asarray(levels) == i)
         want[idx] = torchvision.ops.roi_align(m, rois[idx], 14, 1 / s, 0, True)
     got = jax.jit(lambda f, b: multilevel_roi_align(f, b, 14, strides))([nhwc(m)[0] for m in maps], boxes)
-    np.testing.assert_allclose(got, nhwc(want), rtol=1e-5, atol=1e-5)
+    # Compiled, XLA fuses a sample position's product and sum into one multiply-add: at coordinates near 160
+    # (this map's width) a position may differ from PyTorch's by its last bit, 1.5e-5, which on a map of
+    # unit-variance noise (neighbours O(1) apart) moves a value by up to about 6e-5, 1.5e-5 of the largest.
+    np.testing.assert_allclose(got, nhwc(want), rtol=1e-5, atol=1e-4)
+    assert np.abs(np.asarray(got) - nhwc(want)).max() <= 2e-5 * np.abs(nhwc(want)).max()
 
 
 def torch_fpn(p, xs, num_outs=5):

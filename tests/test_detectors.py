@@ -29,6 +29,7 @@ HEADS = dict(num_classes=5, channels=16, fc_channels=32, mask_channels=16, rpn_n
 
 
 def hf_backbone():
+    torch.manual_seed(0)  # the weights `randomize` leaves to PyTorch's initialisation
     config = SwinConfig(image_size=64, **{k: list(v) if isinstance(v, tuple) else v for k, v in ARCH.items()},
                         out_features=["stage1", "stage2", "stage3", "stage4"], hidden_act="gelu", layer_norm_eps=1e-5)
     return randomize(SwinBackbone(config)).eval()

@@ -27,7 +27,8 @@ def _axis_weights(start: jnp.ndarray, length: jnp.ndarray, out: int, size: int,
                   sampling_ratio: int) -> jnp.ndarray:
     """(R, out, size): for each RoI and bin along one axis, the weight of every row (or column) in the
     average of the bin's bilinear samples, the 1 / grid count included."""
-    bin_size = length / out
+    # A true division, as PyTorch's kernel divides: XLA would multiply by a rounded 1 / out instead.
+    bin_size = length / jax.lax.optimization_barrier(jnp.full_like(length, out))
     if sampling_ratio > 0:
         grid, max_grid = jnp.full_like(length, sampling_ratio, dtype=jnp.int32), sampling_ratio
     else:
@@ -35,7 +36,9 @@ def _axis_weights(start: jnp.ndarray, length: jnp.ndarray, out: int, size: int,
         max_grid = max(1, math.ceil((size + 1) / out))  # a box within the map's extent needs no more
     index = jnp.arange(max_grid, dtype=jnp.float32)
     bins = jnp.arange(out, dtype=jnp.float32)
-    # mmcv's order of operations: start + p * bin + (i + 0.5) * bin / grid.
+    # mmcv's order of operations: start + p * bin + (i + 0.5) * bin / grid. Compiled, XLA fuses the first
+    # product and sum into one multiply-add, rounded once: a position near 160 may move by its last bit
+    # (1.5e-5), which moves a sample's value by that much times the map's local slope.
     pos = (start[:, None, None] + bins[None, :, None] * bin_size[:, None, None]
            + (index[None, None, :] + 0.5) * bin_size[:, None, None] / jnp.maximum(grid, 1)[:, None, None])
     used = (index[None, None, :] < grid[:, None, None]) & (pos >= -1.0) & (pos <= size)
