@@ -29,7 +29,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from swin_jax import data, workdir
 from swin_jax.convert import ConversionError, convert_state_dict, layouts, read_state_dict
@@ -39,7 +39,6 @@ from swin_jax.data.on_device import simmim_masks
 from swin_jax.data.scenes import SCENE_CLASSES
 from swin_jax.models import create_model, registry
 from swin_jax.models.detection.detectors import TwoStageDetector
-from swin_jax.models.detection.roi_heads import paste_masks
 from swin_jax.models.layers import resize_bilinear
 from swin_jax.models.upernet import segment_probabilities
 from swin_jax.tasks import detection
@@ -251,28 +250,11 @@ def detect(model, apply_fn, variables, path: str, scale=coco.TEST_SCALE):
         raise ValueError(f"{path}: not a readable image ({str(e).splitlines()[0][:200]})") from None
     if min(image.shape[:2]) == 0:
         raise ValueError(f"{path}: the image has no pixels ({image.shape[0]}x{image.shape[1]})")
-    x, hw, (sx, sy) = coco.test_image(image, scale)
+    x, hw, _ = coco.test_image(image, scale)
     out = jax.device_get(apply_fn(variables, x[None], np.array([hw], np.int32)))
     keep = out["valid"][0]
-    boxes = out["boxes"][0][keep] / np.array([sx, sy, sx, sy], np.float32)
-    masks = np.asarray(paste_masks(out["masks"][0][keep], boxes, image.shape[:2]))
+    boxes, masks = detection.in_original_pixels(out["boxes"][0][keep], out["masks"][0][keep], hw, image.shape[:2])
     return image, boxes, out["scores"][0][keep], out["labels"][0][keep], masks
-
-
-def draw_detections(image, boxes, scores, labels, masks, names, min_score: float):
-    """The image with each detection scoring at least `min_score`: its mask blended in, its box, name and score."""
-    colours = ade20k.palette(len(names) + 1)[1:]
-    canvas = image.astype(np.float32)
-    shown = scores >= min_score
-    for label, mask in zip(labels[shown], masks[shown]):
-        canvas[mask] = 0.5 * canvas[mask] + 0.5 * colours[label]
-    picture = Image.fromarray(canvas.round().astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    for box, score, label in zip(boxes[shown], scores[shown], labels[shown]):
-        colour = tuple(int(c) for c in colours[label])
-        draw.rectangle([float(v) for v in box], outline=colour, width=2)
-        draw.text((float(box[0]) + 2, float(box[1]) + 1), f"{names[label]} {score:.2f}", fill=colour)
-    return picture
 
 
 def _detect_main(args, model, variables) -> int:
@@ -298,7 +280,7 @@ def _detect_main(args, model, variables) -> int:
         if args.output:
             output = args.output if len(args.images) == 1 else os.path.join(args.output, f"{stem}_detections.png")
             os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-            draw_detections(image, boxes, scores, labels, masks, names, args.score).save(output)
+            detection.draw_detections(image, boxes, scores, labels, masks, names, args.score).save(output)
             print(f"  drawn: {output}")
     if args.json:
         with open(args.json, "w") as f:

@@ -212,3 +212,35 @@ def test_fpn_matches_mmdets():
     assert [g.shape[1:3] for g in got] == [*shapes, (2, 3)]
     for g, w in zip(got, outs):
         np.testing.assert_allclose(g, nhwc(w), rtol=1e-5, atol=1e-5)
+
+
+def test_fpn_and_roi_align_gradients_match_torch_autograd():
+    """What training backpropagates through: FPN's parameters and inputs, and RoIAlign's features over
+    four levels (every sample's bilinear weights, boxes of every sample count), against torch autograd."""
+    strides, shapes, channels = (4, 8, 16, 32), [(100, 150), (50, 75), (25, 38), (13, 19)], [4, 8, 8, 8]
+    rng = np.random.RandomState(7)
+    xs = [torch.from_numpy(rng.randn(1, c, h, w).astype(np.float32)).requires_grad_(True)
+          for c, (h, w) in zip(channels, shapes)]
+    fpn = FPN(channels=12, num_outs=5)
+    variables = fpn.init(jax.random.key(0), [nhwc(x.detach()) for x in xs])
+    variables = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(1), p.shape), variables)
+    tparams = jax.tree.map(lambda a: torch.from_numpy(np.array(a)).requires_grad_(True), variables["params"])
+    boxes = np.concatenate([random_boxes(rng, 40, (400, 600), min_size=1, max_size=60),
+                            random_boxes(rng, 40, (400, 600), min_size=60, max_size=600),
+                            np.array([[0, 0, 600, 400], [-10, 5, 590, 398]], np.float32)])
+    weight = rng.randn(len(boxes), 7, 7, 12).astype(np.float32)
+
+    pooled = torch_multilevel_roi_align(torch_fpn(tparams, xs)[:4], torch.from_numpy(boxes), 7, strides)
+    (pooled * torch.from_numpy(weight).permute(0, 3, 1, 2)).sum().backward()
+
+    def loss(params, inputs):
+        levels = fpn.apply({"params": params}, inputs)
+        return jnp.sum(multilevel_roi_align([lv[0] for lv in levels[:4]], jnp.asarray(boxes), 7, strides) * weight)
+
+    grads, input_grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], [nhwc(x.detach()) for x in xs])
+    assert len(set(np.asarray(box_ops.roi_levels(boxes, 4)).tolist())) == 4
+    for (path, g), t in zip(jax.tree.flatten_with_path(grads)[0], jax.tree.leaves(tparams)):
+        scale = np.abs(t.grad.numpy()).max()
+        np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-4, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
+    for g, x in zip(input_grads, xs):
+        np.testing.assert_allclose(g, nhwc(x.grad), rtol=1e-4, atol=1e-5 * np.abs(x.grad.numpy()).max())

@@ -3,6 +3,7 @@ then `_get_bboxes`: per-level sort and top nms_pre, delta2bbox clipped to the im
 the first max_per_img) with torchvision's batched_nms."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -75,3 +76,27 @@ def test_rpn_head_and_proposals_match_mmdet():
         np.testing.assert_allclose(scores[:count], want_scores, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(boxes[:count], want_boxes, rtol=1e-5, atol=1e-4)
         assert float(np.asarray(boxes)[:, 2].max()) <= 340 and float(np.asarray(boxes)[:, 3].max()) <= 250
+
+
+def test_rpn_head_gradients_match_torch_autograd():
+    head = rpn.RPNHead(num_anchors=3, channels=16)
+    rng = np.random.RandomState(1)
+    levels = [torch.from_numpy(rng.randn(1, 8, h, w).astype(np.float32)) for h, w in [(16, 22), (8, 11), (4, 6)]]
+    variables = head.init(jax.random.key(0), [nhwc(x) for x in levels])
+    variables = jax.tree.map(lambda p: 0.1 * jax.random.normal(jax.random.key(1), p.shape), variables)
+    params = jax.tree.map(lambda a: torch.from_numpy(np.array(a)).requires_grad_(True), variables["params"])
+    weights = [(rng.randn(*x.shape[2:], 3).astype(np.float32), rng.randn(*x.shape[2:], 12).astype(np.float32))
+               for x in levels]
+    total = 0
+    for (cls, reg), (wc, wr) in zip(torch_head(params, levels), weights):
+        total = total + (cls * torch.from_numpy(wc).permute(2, 0, 1)).sum()
+        total = total + (reg * torch.from_numpy(wr).permute(2, 0, 1)).sum()
+    total.backward()
+
+    def loss(p):
+        logits, deltas = head.apply({"params": p}, [nhwc(x) for x in levels])
+        return sum(jnp.sum(c * wc) + jnp.sum(d * wr) for c, d, (wc, wr) in zip(logits, deltas, weights))
+
+    grads = jax.grad(loss)(variables["params"])
+    for (path, g), t in zip(jax.tree.flatten_with_path(grads)[0], jax.tree.leaves(params)):
+        np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-4, atol=1e-4, err_msg=jax.tree_util.keystr(path))

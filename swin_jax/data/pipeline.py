@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -39,6 +39,8 @@ class Input:
     local_batch_size: int
     build: Callable[[int], tf.data.Dataset] | None = None  # training: the stream from a given step
     class_names: tuple[str, ...] | None = None  # None: classes are known by their indices
+    ground_truth: Any = None  # detection: the split's annotations (pycocotools COCO) the evaluation scores against
+    category_ids: tuple[int, ...] | None = None  # detection: the annotations' category_id of each class
 
     def starting_at(self, step: int) -> "Input":
         """The same training stream from `step` on, without opening the data again."""
@@ -291,6 +293,22 @@ def _round_up(x, multiple):
     return (x + multiple - 1) // multiple * multiple
 
 
+def batched_by_shape(dataset, fill: dict, global_batch: int, process_index: int, local_batch: int):
+    """Examples of varying padded shapes (each with a "key" naming its shape) -> this process's rows of
+    global batches in which every image has one shape: the eval step compiles once per shape. A short batch
+    is filled to the global batch with `fill`'s values (its "mask" False). Every process must read the same
+    examples in the same order, so that all see the same shapes at the same steps."""
+    def complete(batch):
+        missing = global_batch - tf.shape(batch["mask"])[0]
+        full = {k: tf.pad(batch[k], [[0, missing]] + [[0, 0]] * (len(batch[k].shape) - 1),
+                          constant_values=tf.cast(v, batch[k].dtype)) for k, v in fill.items()}
+        return {k: v[process_index * local_batch:(process_index + 1) * local_batch] for k, v in full.items()}
+
+    dataset = dataset.group_by_window(key_func=lambda ex: ex["key"], window_size=global_batch,
+                                      reduce_func=lambda key, group: group.batch(global_batch))
+    return dataset.map(complete).prefetch(tf.data.AUTOTUNE)
+
+
 def segmentation_eval_input(config: ml_collections.ConfigDict, *, split: str | None = None,
                             process_index: int | None = None, process_count: int | None = None) -> Input:
     """One pass for mmseg's evaluation: each image resized keeping its ratio to `eval_scale`, its annotation
@@ -320,17 +338,61 @@ def segmentation_eval_input(config: ml_collections.ConfigDict, *, split: str | N
         return {"image": image, "label": label, "valid": size, "label_size": label_size,
                 "mask": tf.constant(True), "key": key}
 
-    def fill(batch):
-        """Pad a short batch to the global batch with masked examples, then keep this process's rows."""
-        missing = global_batch - tf.shape(batch["mask"])[0]
-        values = {"image": 0, "label": ignore, "valid": 1, "label_size": 1, "mask": False}
-        full = {k: tf.pad(batch[k], [[0, missing]] + [[0, 0]] * (len(batch[k].shape) - 1),
-                          constant_values=tf.cast(v, batch[k].dtype)) for k, v in values.items()}
-        return {k: v[process_index * local_batch:(process_index + 1) * local_batch] for k, v in full.items()}
-
     dataset = data.dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.group_by_window(key_func=lambda ex: ex["key"], window_size=global_batch,
-                                      reduce_func=lambda key, group: group.batch(global_batch))
-    dataset = dataset.map(fill).prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+    dataset = batched_by_shape(dataset, {"image": 0, "label": ignore, "valid": 1, "label_size": 1, "mask": False},
+                               global_batch, process_index, local_batch).with_options(_options(config))
     steps = math.ceil(data.total_examples / global_batch)  # at least; more where shapes leave short batches
     return Input(dataset, data.num_classes, data.total_examples, steps, local_batch, class_names=data.class_names)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Detection (mmdet's COCO test pipeline: swin_jax.data.coco)
+
+DETECTION_SPLITS = {"folder": ("train2017", "val2017")}
+DETECTION_TFDS_SPLITS = ("train", "validation")
+
+
+def open_detection_split(config, split: str | None = None):
+    """The evaluation split of config.input (a detection_config) with its ground truth: coco.DetectionSplit."""
+    from swin_jax.data import coco
+
+    split = split or config.eval_split or DETECTION_SPLITS.get(config.dataset, DETECTION_TFDS_SPLITS)[1]
+    if config.dataset == "folder":
+        if not config.data_dir:
+            raise DataError("config.input.dataset='folder' needs config.input.data_dir, the folder that holds "
+                            "annotations/instances_SPLIT.json and SPLIT/IMAGE (COCO's layout)")
+        return coco.folder_split(config.data_dir, split)
+    return coco.tfds_split(config.dataset, split, data_dir=config.data_dir, download=config.download)
+
+
+def detection_eval_input(config: ml_collections.ConfigDict, *, split: str | None = None,
+                         process_index: int | None = None, process_count: int | None = None) -> Input:
+    """One pass for mmdet's COCO evaluation: each image resized keeping its ratio into `eval_scale` (mmcv's
+    imrescale), padded to a multiple of `eval_pad_multiple` and batched by padded shape (one compilation
+    per shape; `eval_batch_shapes` in the metrics counts them). The Input's `ground_truth` is the split's
+    COCO annotations. Batches: image (uint8, padded), valid (the resized h, w), original_hw, image_id, mask."""
+    from swin_jax.data import segmentation
+
+    process_index, process_count = _processes(process_index, process_count)
+    global_batch = config.eval_batch_size or config.batch_size
+    local_batch = _local_batch(global_batch, process_count, "eval_batch_size")
+    data = open_detection_split(config, split)
+    multiple = config.eval_pad_multiple
+
+    def prepare(ex):
+        image = transforms.decode(ex["image"])
+        original = tf.shape(image)[:2]
+        image = segmentation.eval_resize(image, tuple(config.eval_scale))
+        size = tf.shape(image)[:2]
+        padded = _round_up(size, multiple)
+        image = tf.pad(image, [[0, padded[0] - size[0]], [0, padded[1] - size[1]], [0, 0]])
+        key = tf.cast(padded // multiple, tf.int64)
+        return {"image": image, "valid": size, "original_hw": original, "image_id": tf.cast(ex["image_id"], tf.int32),
+                "mask": tf.constant(True), "key": key[0] * 1_000_000 + key[1]}
+
+    dataset = data.dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    fill = {"image": 0, "valid": 1, "original_hw": 1, "image_id": -1, "mask": False}
+    dataset = batched_by_shape(dataset, fill, global_batch, process_index, local_batch).with_options(_options(config))
+    steps = math.ceil(data.num_examples / global_batch)  # at least; more where shapes leave short batches
+    return Input(dataset, len(data.class_names), data.num_examples, steps, local_batch, class_names=data.class_names,
+                 ground_truth=data.ground_truth, category_ids=data.category_ids)

@@ -62,7 +62,7 @@ def _not_prepared_message(builder, name: str, data_dir: str | None) -> str:
             f"or set config.input.download=True to fetch it at start-up.")
 
 
-def _tfds_examples(name: str, split: str, *, data_dir: str | None, process_index: int, process_count: int,
+def tfds_examples(name: str, split: str, *, data_dir: str | None, process_index: int, process_count: int,
                    download: bool, fields: dict[str, str], others: str, kind: str):
     """This process's share of a TFDS split, images left encoded, features renamed {ours: theirs}; with
     the counts the pipeline needs and the dataset's features."""
@@ -103,7 +103,7 @@ def tfds_split(name: str, split: str, *, data_dir: str | None, process_index: in
     """A TFDS image classification split; `labelled=False` needs only an `image` feature (every label 0:
     SimMIM pre-training)."""
     fields = {"image": "image", "label": "label"} if labelled else {"image": "image"}
-    dataset, local, largest, total, features = _tfds_examples(
+    dataset, local, largest, total, features = tfds_examples(
         name, split, data_dir=data_dir, process_index=process_index, process_count=process_count, download=download,
         fields=fields, others="'folder', 'demo' or 'synthetic'",
         kind="only image classification datasets can be used" if labelled else "an image feature is needed")
@@ -246,7 +246,7 @@ def tfds_segmentation_split(name: str, split: str, *, data_dir: str | None, proc
     annotations are 3-channel PNGs; the class index is the first channel. (TFDS's scene_parse150 holds
     the 2017 challenge's instance annotations, not ADEChallengeData2016's semantic ones that the official
     numbers use: for those, point the 'folder' source at ADEChallengeData2016.)"""
-    dataset, local, largest, total, _ = _tfds_examples(
+    dataset, local, largest, total, _ = tfds_examples(
         name, split, data_dir=data_dir, process_index=process_index, process_count=process_count, download=download,
         fields={"image": "image", "label": "annotation"}, others="'folder' or 'demo_scenes'",
         kind="a segmentation dataset is needed")

@@ -6,13 +6,15 @@ A task gives the loop its input, its model, its loss and its evaluation; the loo
   classification  Swin classifiers on ImageNet, image folders or the digits demo (configs/swin_*.py)
   segmentation    UPerNet-Swin semantic segmentation, mmseg's recipe (configs/upernet_*.py, demo_seg.py)
   simmim          SimMIM masked image modeling pre-training (configs/simmim_*.py, demo_simmim.py)
+  detection       Mask R-CNN / Cascade Mask R-CNN, COCO evaluation (configs/detection.py; eval_only)
 """
 
 from __future__ import annotations
 
 from swin_jax.tasks.base import Task
 
-TASK_MODULES = {"classification": "classification", "segmentation": "segmentation", "simmim": "simmim"}
+TASK_MODULES = {"classification": "classification", "segmentation": "segmentation", "simmim": "simmim",
+                "detection": "detection"}
 
 
 def get_task(config) -> Task:

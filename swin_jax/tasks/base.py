@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def model_options(config) -> dict[str, Any]:
@@ -16,11 +17,19 @@ def model_options(config) -> dict[str, Any]:
                 attention_impl=config.get("attention_impl", "auto"))
 
 
+def stack_panels(panels) -> np.ndarray:
+    """Preview images of different sizes as one (N, H, W, 3) batch, each padded with black at the right
+    and bottom to the largest."""
+    height, width = max(p.shape[0] for p in panels), max(p.shape[1] for p in panels)
+    return np.stack([np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0))) for p in panels])
+
+
 class Task:
     """One kind of training. Methods that run inside `jax.jit` (train_loss, eval_sums) are pure."""
 
     name: str = ""
     best_metric: str = ""  # the eval metric (higher is better) whose best checkpoint is kept
+    trains: bool = True  # False: the task only evaluates (config.eval_only)
 
     def inputs(self, config, *, train: bool):
         """(training Input or None when not training, evaluation Input); swin_jax.data.pipeline.Input."""
@@ -39,11 +48,17 @@ class Task:
         raise NotImplementedError
 
     def eval_sums(self, model, variables: dict, batch: dict, config) -> dict[str, jax.Array]:
-        """Quantities summed over every evaluation batch (arrays of any fixed shape)."""
+        """What the eval step gives for one batch (arrays of fixed shapes): by default summed over batches."""
         raise NotImplementedError
 
-    def summarize(self, totals: dict, class_names) -> dict[str, float]:
-        """The eval metrics (metrics.jsonl and TensorBoard rows, all `eval_*`) from the summed totals."""
+    def accumulate(self, totals, outputs: dict, evaluation):
+        """`totals` (None at first) with one batch's eval outputs folded in: summed on device by default;
+        a task whose metrics need every prediction (COCO's) collects them on the host instead."""
+        return outputs if totals is None else jax.tree.map(jnp.add, totals, outputs)
+
+    def summarize(self, totals, evaluation) -> dict[str, float]:
+        """The eval metrics (metrics.jsonl and TensorBoard rows, all `eval_*`) from the totals of a pass over
+        `evaluation` (the Input: its class names, and any ground truth it carries)."""
         raise NotImplementedError
 
     def report(self, results: dict, class_names) -> str:

@@ -46,7 +46,7 @@ class Classification(Task):
         return {"loss": jnp.sum(loss * mask), "top1": jnp.sum((top5[:, 0] == labels) * mask),
                 "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask), "count": jnp.sum(mask)}
 
-    def summarize(self, totals, class_names):
+    def summarize(self, totals, evaluation):
         count = max(float(totals["count"]), 1.0)
         return {"eval_loss": float(totals["loss"]) / count, "eval_top1": float(totals["top1"]) / count,
                 "eval_top5": float(totals["top5"]) / count, "eval_examples": float(totals["count"])}

@@ -1,22 +1,35 @@
-"""Detection evaluation as the official code runs it: detections in COCO's results format and pycocotools'
-COCOeval (bbox and segm): the 12 summary numbers and the AP of every class.
+"""Object detection and instance segmentation (Mask R-CNN, Cascade Mask R-CNN), evaluated as the official
+Swin detection code does (mmdet 2.11's CocoDataset.evaluate): every image's detections, boxes divided by
+its resize factors and masks pasted at its original size, in COCO's results format, scored by
+pycocotools' COCOeval (bbox, and segm where the ground truth has masks): the 12 summary numbers and the
+AP of every class.
 
 Metric names: eval_bbox_ap (AP@[.5:.95]), eval_bbox_ap50, eval_bbox_ap75, eval_bbox_ap_small / _medium /
-_large, eval_bbox_ar1, _ar10, _ar100, eval_bbox_ar_small / _medium / _large; the same with segm.
+_large, eval_bbox_ar1, _ar10, _ar100, eval_bbox_ar_small / _medium / _large, eval_bbox_ap/CLASS; the same
+with segm.
+
+The eval step gives every image's fixed-size detections to every process (replicated); each process
+turns them into COCO results on the host and computes the same metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from swin_jax.data import DataError
+from swin_jax import data
+from swin_jax.data import on_device
+from swin_jax.models import create_model
+from swin_jax.models.detection.roi_heads import paste_masks
+from swin_jax.tasks.base import Task, model_options, stack_panels
 
 STATS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100", "ar_small",
          "ar_medium", "ar_large")
@@ -36,27 +49,6 @@ def coco_results(image_id, boxes, scores, labels, masks, category_ids) -> list[d
             row["segmentation"] = rle
         rows.append(row)
     return rows
-
-
-def read_coco_folder(annotation_file: str, image_dir: str) -> COCO:
-    """The ground truth of a COCO-format folder (`annotations/instances_*.json` and its images), every
-    image it lists checked to exist."""
-    if not os.path.isfile(annotation_file):
-        raise DataError(f"{annotation_file}: no such annotation file")
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports its loading on stdout
-        try:
-            coco = COCO(annotation_file)
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{annotation_file}: not a COCO annotation file ({e})") from None
-    for image in coco.dataset.get("images", []):
-        path = os.path.join(image_dir, image["file_name"])
-        if not os.path.isfile(path):
-            raise DataError(f"{annotation_file} lists image {image['id']} as {image['file_name']}, and {path} "
-                            f"does not exist")
-        if not image.get("height") or not image.get("width"):
-            raise DataError(f"{annotation_file}: image {image['id']} ({image['file_name']}) has no size "
-                            f"({image.get('height')}x{image.get('width')})")
-    return coco
 
 
 def coco_metrics(coco: COCO, results: list[dict], iou_types=("bbox", "segm")) -> tuple[dict, dict]:
@@ -86,8 +78,116 @@ def coco_metrics(coco: COCO, results: list[dict], iou_types=("bbox", "segm")) ->
 
 def metrics_table(metrics: dict) -> str:
     """The summary numbers as a table, one row per IoU type."""
-    types = sorted({k.split("_")[1] for k in metrics})
+    types = [t for t in ("bbox", "segm") if f"eval_{t}_ap" in metrics]
     lines = ["| | " + " | ".join(STATS) + " |", "|---" * (len(STATS) + 1) + "|"]
     for t in types:
         lines.append(f"| {t} | " + " | ".join(f"{metrics[f'eval_{t}_{s}']:.3f}" for s in STATS) + " |")
     return "\n".join(lines)
+
+
+def iou_types(ground_truth: COCO) -> tuple[str, ...]:
+    """bbox, and segm when the ground truth has masks (TFDS's COCO has boxes only)."""
+    annotations = ground_truth.dataset.get("annotations", [])
+    return ("bbox", "segm") if any("segmentation" in a for a in annotations) else ("bbox",)
+
+
+def in_original_pixels(boxes, masks, resized_hw, original_hw, with_masks: bool = True):
+    """Detections of a resized image -> (boxes, masks) in the original image: boxes divided by mmdet's
+    scale factors (new_w / w, new_h / h in float32), masks (N, M, M) pasted at the original size (None
+    without `with_masks`)."""
+    (h, w), (new_h, new_w) = (int(v) for v in original_hw), (int(v) for v in resized_hw)
+    sx, sy = new_w / w, new_h / h
+    boxes = np.asarray(boxes, np.float32) / np.array([sx, sy, sx, sy], np.float32)
+    return boxes, (paste_masks(masks, boxes, (h, w)) if with_masks else None)
+
+
+def draw_detections(image, boxes, scores, labels, masks, names, min_score: float):
+    """The image with each detection scoring at least `min_score`: its mask blended in, its box, name and score."""
+    from swin_jax.data.ade20k import palette
+
+    colours = palette(len(names) + 1)[1:]
+    canvas = image.astype(np.float32)
+    shown = scores >= min_score
+    for label, mask in zip(labels[shown], masks[shown]):
+        canvas[mask] = 0.5 * canvas[mask] + 0.5 * colours[label]
+    picture = Image.fromarray(canvas.round().astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    for box, score, label in zip(boxes[shown], scores[shown], labels[shown]):
+        colour = tuple(int(c) for c in colours[label])
+        draw.rectangle([float(v) for v in box], outline=colour, width=2)
+        draw.text((float(box[0]) + 2, float(box[1]) + 1), f"{names[label]} {score:.2f}", fill=colour)
+    return picture
+
+
+class Detection(Task):
+    name = "detection"
+    best_metric = "eval_bbox_ap"
+    trains = False  # evaluation of the detectors (config.eval_only); training comes with their losses
+
+    def inputs(self, config, *, train: bool):
+        return None, data.detection_eval_input(config.input)
+
+    def build_model(self, config, num_classes: int):
+        return create_model(config.model, num_classes=num_classes, **model_options(config), **config.model_overrides)
+
+    def init_variables(self, model, rng):
+        return dict(model.init(rng, jnp.zeros((1, *model.input_hw, model.in_chans), jnp.float32)))
+
+    def eval_sums(self, model, variables, batch, config):
+        """Every image's detections with what the host needs to score them (not sums: `accumulate` collects)."""
+        images = on_device.segmentation_batch(batch["image"], batch["valid"], dtype=jnp.dtype(config.model_dtype))
+        out = model.apply(variables, images, batch["valid"])
+        return {**out, "image_id": batch["image_id"], "resized_hw": batch["valid"],
+                "original_hw": batch["original_hw"], "example": batch["mask"]}
+
+    def accumulate(self, totals, outputs, evaluation):
+        """The batch's real images' detections appended to the COCO results so far."""
+        out, rows = jax.device_get(outputs), totals or []
+        with_masks = "segm" in iou_types(evaluation.ground_truth)
+        for i in np.flatnonzero(out["example"]):
+            keep = out["valid"][i]
+            boxes, masks = in_original_pixels(out["boxes"][i][keep], out["masks"][i][keep], out["resized_hw"][i],
+                                              out["original_hw"][i], with_masks)
+            rows += coco_results(int(out["image_id"][i]), boxes, out["scores"][i][keep], out["labels"][i][keep],
+                                 masks, evaluation.category_ids)
+        return rows
+
+    def summarize(self, totals, evaluation):
+        metrics, per_class = coco_metrics(evaluation.ground_truth, totals or [], iou_types(evaluation.ground_truth))
+        for iou_type, aps in per_class.items():
+            metrics.update({f"eval_{iou_type}_ap/{name}": ap for name, ap in aps.items()})
+        metrics["eval_detections"] = float(len(totals or []))
+        metrics["eval_images"] = float(len(evaluation.ground_truth.dataset["images"]))
+        return metrics
+
+    def report(self, results, class_names):
+        types = [t for t in ("bbox", "segm") if f"eval_{t}_ap" in results]
+        line = ", ".join(f"{t} AP {results[f'eval_{t}_ap']:.4f}" for t in types)
+        if "segm" not in types:
+            line += " (no masks in the ground truth: segm not evaluated)"
+        line += (f" ({int(results['eval_detections']):,} detections in {int(results['eval_images']):,} images, "
+                 f"{int(results.get('eval_batch_shapes', 0))} padded shapes)")
+        return "\n".join([line, metrics_table({k: results[k] for k in results if k.count("/") == 0})])
+
+    def previews(self, model, variables, evaluation, config, batch_sharding):
+        """A few held-out images (as resized) with their detections scoring at least 0.3."""
+        count = config.input.preview_images
+        if not count:
+            return {}
+
+        def predict(variables, batch):
+            return self.eval_sums(model, variables, batch, config)
+
+        batch, out = self.preview_outputs(model, variables, evaluation, batch_sharding, predict)
+        images, panels = jax.device_get(batch["image"]), []
+        for i in np.flatnonzero(out["example"])[:count]:
+            h, w = (int(v) for v in out["resized_hw"][i])
+            keep = out["valid"][i]
+            boxes = out["boxes"][i][keep]
+            picture = draw_detections(images[i, :h, :w], boxes, out["scores"][i][keep], out["labels"][i][keep],
+                                      paste_masks(out["masks"][i][keep], boxes, (h, w)), evaluation.class_names, 0.3)
+            panels.append(np.asarray(picture))
+        return {"eval/detections": stack_panels(panels)} if panels else {}
+
+
+TASK = Detection()

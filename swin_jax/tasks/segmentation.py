@@ -24,7 +24,7 @@ from swin_jax import data
 from swin_jax.data import on_device
 from swin_jax.models import create_model
 from swin_jax.models.layers import bilinear_matrix_of_sizes
-from swin_jax.tasks.base import Task, model_options
+from swin_jax.tasks.base import Task, model_options, stack_panels
 
 
 def pixel_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = 255,
@@ -129,11 +129,11 @@ class Segmentation(Task):
         labels = jnp.where(batch["mask"][:, None, None], batch["label"], config.input.ignore_index)
         return area_counts(pred, labels, model.num_classes, config.input.ignore_index)
 
-    def summarize(self, totals, class_names):
+    def summarize(self, totals, evaluation):
         m = iou_metrics(totals["intersect"], totals["area_pred"], totals["area_label"])
         results = {"eval_miou": m["miou"], "eval_macc": m["macc"], "eval_aacc": m["aacc"],
                    "eval_pixels": float(np.sum(totals["area_label"]))}
-        for name, iou, acc in zip(class_names, m["iou"], m["acc"]):
+        for name, iou, acc in zip(evaluation.class_names, m["iou"], m["acc"]):
             results[f"eval_iou/{name}"] = float(iou)
             results[f"eval_acc/{name}"] = float(acc)
         return results
@@ -173,11 +173,7 @@ class Segmentation(Task):
             h, w = sizes[i]
             gt = colours[label[i, :h, :w].astype(np.int64)]  # ignored pixels (255) black
             panels.append(np.concatenate([image[i, :h, :w], gt, colours[pred[i, :h, :w]]], axis=1))
-        if not panels:
-            return {}
-        height, width = max(p.shape[0] for p in panels), max(p.shape[1] for p in panels)
-        panels = [np.pad(p, ((0, height - p.shape[0]), (0, width - p.shape[1]), (0, 0))) for p in panels]
-        return {"eval/image | ground truth | prediction": np.stack(panels)}
+        return {"eval/image | ground truth | prediction": stack_panels(panels)} if panels else {}
 
 
 TASK = Segmentation()

@@ -86,7 +86,7 @@ class MaskedImageModeling(Task):
         mask = batch["mask"].astype(jnp.float32)
         return {"loss": jnp.sum(per_image * mask), "count": jnp.sum(mask)}
 
-    def summarize(self, totals, class_names):
+    def summarize(self, totals, evaluation):
         count = max(float(totals["count"]), 1.0)
         return {"eval_loss": float(totals["loss"]) / count, "eval_examples": float(totals["count"])}
 

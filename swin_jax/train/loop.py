@@ -84,6 +84,8 @@ def load_init(path: str, model, class_map_path: str = ""):
 
 
 def _check(config) -> None:
+    if not config.eval_only and not get_task(config).trains:
+        raise TrainingError(f"config.task={config.task!r} evaluates only for now: set config.eval_only=True")
     devices = jax.device_count()
     for field, value in (("batch_size", config.batch_size),
                          ("input.eval_batch_size", config.input.eval_batch_size or config.batch_size)):
@@ -141,13 +143,12 @@ def evaluate(task, eval_step, variables, evaluation, batch_sharding, writer=None
     totals, started, shapes = None, time.time(), set()
     for i, batch in enumerate(data.to_global(iter(evaluation), batch_sharding), 1):
         shapes.add(tuple((k, v.shape) for k, v in sorted(batch.items())))
-        sums = eval_step(variables, batch)
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        totals = task.accumulate(totals, eval_step(variables, batch), evaluation)
         if writer is not None and time.time() - started > 10 and i % 10 == 0:
             writer.message(f"  evaluating: {i} of {evaluation.steps} batches, "
                            f"{i * evaluation.local_batch_size * jax.process_count() / (time.time() - started):.1f} "
                            "images/s")
-    results = task.summarize(jax.device_get(totals), evaluation.class_names)
+    results = task.summarize(totals, evaluation)
     results["eval_batch_shapes"] = float(len(shapes))  # compilations of the eval step this pass needed
     return results
 

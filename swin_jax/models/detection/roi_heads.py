@@ -9,7 +9,7 @@
 - `detect`: mmdet's bbox_head.get_bboxes + multiclass_nms: decode per class, clip to the image, scores
   above score_thr, NMS within each class, the best max_per_img of all classes.
 - `paste_masks`: mmdet's _do_paste_mask (F.grid_sample, bilinear, zero padding, align_corners=False)
-  as two interpolation matrices, then the binary threshold.
+  as two interpolation matrices, then the binary threshold; on the host, where image sizes vary.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from swin_jax.models.detection import boxes as box_ops
 from swin_jax.models.detection.fpn import ConvModule
@@ -121,22 +122,34 @@ def detect(rois: jnp.ndarray, valid: jnp.ndarray, logits: jnp.ndarray, deltas: j
             "valid": found}
 
 
-def paste_masks(probabilities: jnp.ndarray, boxes: jnp.ndarray, image_hw: tuple[int, int],
-                threshold: float | None = 0.5) -> jnp.ndarray:
+def paste_masks(probabilities, boxes, image_hw: tuple[int, int], threshold: float | None = 0.5) -> np.ndarray:
     """(N, M, M) mask probabilities of (N, 4) boxes -> (N, H, W) masks in an image of `image_hw`, as mmdet's
     _do_paste_mask: each pixel centre mapped into the box, sampled bilinearly with zero padding; bool at
-    `threshold` (>=), or the probabilities with threshold None."""
+    `threshold` (>=), or the probabilities with threshold None. On the host (image sizes vary), each
+    mask only over the pixels it can reach: the box and the half cell of zero padding around it."""
+    probabilities, boxes = np.asarray(probabilities, np.float32), np.asarray(boxes, np.float32)
     size = probabilities.shape[-1]
+    out = np.zeros((len(boxes), *image_hw), np.float32 if threshold is None else bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        rows, top = _paste_weights(y0, y1, image_hw[0], size)
+        cols, left = _paste_weights(x0, x1, image_hw[1], size)
+        pasted = rows @ probabilities[i] @ cols.T
+        out[i, top:top + len(rows), left:left + len(cols)] = pasted if threshold is None else pasted >= threshold
+    return out
 
-    def axis(low, high, pixels):
-        centre = jnp.arange(pixels, dtype=jnp.float32) + 0.5
-        extent = high - low
-        normalised = jnp.where(extent[:, None] != 0, (centre[None] - low[:, None]) / extent[:, None] * 2 - 1, 0.0)
-        position = ((normalised + 1) * size - 1) / 2  # grid_sample's unnormalisation, align_corners=False
-        cells = jnp.arange(size, dtype=jnp.float32)
-        return jnp.maximum(0.0, 1.0 - jnp.abs(position[:, :, None] - cells[None, None, :]))  # (N, pixels, M)
 
-    rows = axis(boxes[:, 1], boxes[:, 3], image_hw[0])
-    cols = axis(boxes[:, 0], boxes[:, 2], image_hw[1])
-    pasted = jnp.einsum("nym,nmk,nxk->nyx", rows, probabilities.astype(jnp.float32), cols, precision=_HIGHEST)
-    return pasted if threshold is None else pasted >= threshold
+def _paste_weights(low, high, pixels: int, size: int) -> tuple[np.ndarray, int]:
+    """The bilinear weights (pixels reached, M) of grid_sample (align_corners=False, zero padding) along
+    one axis of a box from `low` to `high`, and the first pixel reached. A degenerate box samples the
+    middle of the mask everywhere (mmdet sets its infinite coordinates to 0)."""
+    extent = high - low
+    if extent == 0:
+        start, stop = 0, pixels
+    else:  # a pixel centre farther than extent / (2 M) outside the box weighs nothing
+        margin = abs(float(extent)) / (2 * size) + 1
+        start = int(np.clip(np.floor(min(low, high) - margin), 0, pixels))
+        stop = int(np.clip(np.ceil(max(low, high) + margin), start, pixels))
+    centre = np.arange(start, stop, dtype=np.float32) + np.float32(0.5)
+    normalised = (centre - low) / extent * 2 - 1 if extent != 0 else np.zeros_like(centre)
+    position = ((normalised + 1) * size - 1) / 2  # grid_sample's unnormalisation
+    return np.maximum(0.0, 1.0 - np.abs(position[:, None] - np.arange(size, dtype=np.float32)[None])), start
