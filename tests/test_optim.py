@@ -89,6 +89,43 @@ def test_layer_ids_follow_simmim_fine_tuning():
     np.testing.assert_allclose(scales[("head", "kernel")], 1.0)
 
 
+@pytest.mark.parametrize("name, part", [("upernet_swin_tiny_patch4_window7_224", "backbone"),
+                                        ("simmim_swin_tiny_patch4_window7_224", "encoder"),
+                                        ("mask_rcnn_swin_tiny_patch4_window7_224", "backbone")])
+def test_layer_ids_of_a_swin_inside_a_segmenter_simmim_model_or_detector(name, part):
+    """The Swin inside is counted as the classifier's is; heads and decoder are last (scale 1)."""
+    small = dict(embed_dim=16, num_heads=(1, 2, 2, 4), img_size=64)
+    model = create_model(name, **small)
+    inputs = [np.zeros((1, 64, 64, 3), np.float32)] + ([np.zeros((1, 16, 16), bool)] if part == "encoder" else [])
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), *inputs))["params"]
+    classifier = create_model("swin_tiny_patch4_window7_224", **small)
+    alone = optim.layer_ids(jax.eval_shape(lambda: classifier.init(jax.random.key(0), inputs[0]))["params"],
+                            model.depths if hasattr(model, "depths") else classifier.depths)
+    ids = optim.layer_ids(params, classifier.depths)
+    inside = {path[1:]: v for path, v in ids.items() if path[0] == part}
+    for path, value in inside.items():
+        if path in alone and path[0] not in ("norm", "head"):
+            np.testing.assert_array_equal(value, alone[path], err_msg=str(path))
+    assert ids[(part, "patch_embed", "proj", "kernel")] == 0
+    np.testing.assert_array_equal(ids[(part, "layers_2", "blocks", "block1", "mlp", "fc1", "bias")], [6, 8, 10])
+    heads = [v for path, v in ids.items() if path[0] != part]
+    assert heads and all(v == 13 for v in heads)
+    scales = traverse_util.flatten_dict(optim.layer_scales(params, classifier.depths, 0.9))
+    np.testing.assert_allclose(scales[(part, "patch_embed", "proj", "kernel")], 0.9 ** 13)
+    assert len({float(np.min(v)) for v in scales.values()}) > 2
+
+
+def test_multistep_milestones_keep_their_share_when_total_steps_overrides_the_epochs():
+    from configs import simmim_swin_b_192
+
+    config = simmim_swin_b_192.get_config()  # 800 epochs, warm-up 10, milestone at 700
+    lr = optim.schedule(config, total_steps=800 * 100, steps_per_epoch=100)
+    assert lr.warmup_steps == 1000 and lr.milestones == (70_000,)
+    config.total_steps = 1600
+    lr = optim.schedule(config, total_steps=1600, steps_per_epoch=100)
+    assert lr.warmup_steps == 20 and lr.milestones == (1400,)
+
+
 def _official_v2_no_decay(model: torch.nn.Module) -> set[str]:
     """The official V2 set_weight_decay: 1-D tensors, biases, absolute_pos_embed (no_weight_decay) and
     every name holding cpb_mlp, logit_scale or relative_position_bias_table (no_weight_decay_keywords)."""

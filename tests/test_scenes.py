@@ -69,6 +69,26 @@ def test_every_scene_has_two_to_four_digits(train_scenes):
     assert seen == set(range(1, 11))
 
 
+def test_every_scene_draws_two_to_four_digits(monkeypatch):
+    """Counted where they are drawn (a digit may hide another, so the labels alone undercount)."""
+    drawn, real = [], scenes.paste_digit
+
+    def counting(*args, **kwargs):
+        drawn[-1] += 1
+        return real(*args, **kwargs)
+
+    real_scene = scenes.make_scene
+
+    def scene(*args, **kwargs):
+        drawn.append(0)
+        return real_scene(*args, **kwargs)
+
+    monkeypatch.setattr(scenes, "paste_digit", counting)
+    monkeypatch.setattr(scenes, "make_scene", scene)
+    scenes.scene_arrays("train", 200, size=64)
+    assert len(drawn) == 200 and set(drawn) == {2, 3, 4}
+
+
 def test_background_is_textured_and_varies(train_scenes):
     images, labels = train_scenes
     means = []

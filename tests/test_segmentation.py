@@ -85,6 +85,35 @@ def test_loss_is_mmseg_cross_entropy():
                                rtol=1e-6)
 
 
+def test_class_weighted_loss_is_mmseg_cross_entropy():
+    """mmseg's CrossEntropyLoss(class_weight=w): each pixel's term scaled by its class's weight, then the
+    mean over all pixels (F.cross_entropy(weight=w, reduction='none').mean()), not PyTorch's weighted
+    mean (reduction='mean' divides by the sum of the weights)."""
+    rng = np.random.RandomState(2)
+    logits = rng.randn(2, 5, 6, 7).astype(np.float32)
+    labels = rng.randint(0, 7, (2, 5, 6))
+    labels[1, 3:] = 255
+    weight = rng.uniform(0.2, 3.0, 7).astype(np.float32)
+    args = (torch.from_numpy(logits).permute(0, 3, 1, 2), torch.from_numpy(labels))
+    expected = F.cross_entropy(*args, weight=torch.from_numpy(weight), ignore_index=255, reduction="none").mean()
+    weighted_mean = F.cross_entropy(*args, weight=torch.from_numpy(weight), ignore_index=255, reduction="mean")
+    got = seg.pixel_cross_entropy(jnp.asarray(logits), jnp.asarray(labels), class_weight=tuple(weight))
+    np.testing.assert_allclose(got, expected.item(), rtol=1e-6)
+    assert abs(float(got) - weighted_mean.item()) > 0.05 * abs(weighted_mean.item())
+
+
+def test_a_non_square_crop_builds_the_segmenter_on_its_grid():
+    """crop_size (h, w) = (64, 96): the backbone's img_size is the crop, so V2 decides its windows and shifts
+    on the 16x24 patch grid."""
+    config = seg_config.get_config("upernet_swinv2_tiny_window8_256")
+    config.input.crop_size = (64, 96)
+    config.model_overrides.update(dict(embed_dim=16, num_heads=(1, 2, 2, 4), channels=16, auxiliary_channels=8))
+    model = seg.TASK.build_model(config, 5)
+    assert model.input_hw == (64, 96) and model.backbone.patch_grid == (16, 24)
+    config.input.crop_size = (96, 96)
+    assert seg.TASK.build_model(config, 5).backbone.img_size == 96
+
+
 @pytest.mark.parametrize("size_in,size_out", [(24, 61), (48, 17), (32, 32)])
 def test_logits_resized_to_the_annotation_like_pytorch(size_in, size_out):
     """The run-time-size bilinear matrix on a padded map equals F.interpolate of the unpadded one."""

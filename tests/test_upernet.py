@@ -447,3 +447,12 @@ def test_a_converted_classifier_directory_initialises_the_backbone(tmp_path):
     checkpoint.save_pretrained(tmp_path / "seg", seg, "upernet_swin_tiny_patch4_window7_224",
                                dict(img_size=64, **ARCH, channels=32, auxiliary_channels=16, num_classes=10))
     chex.assert_trees_all_equal(load_init(str(tmp_path / "seg"), model), seg)  # batch_stats too
+
+    # The fresh heads follow config.seed (load_init's seed); the backbone does not depend on it.
+    for path in (str(tmp_path / "cls"), str(tmp_path / "model.pth")):
+        if path.endswith(".pth"):
+            torch.save(tm.state_dict(), path)
+        first, again, other = (load_init(path, model, seed=s)["params"] for s in (3, 3, 7))
+        chex.assert_trees_all_equal(first, again)
+        chex.assert_trees_all_equal(first["backbone"], other["backbone"])
+        assert not np.allclose(first["decode_head"]["conv_seg"]["kernel"], other["decode_head"]["conv_seg"]["kernel"])

@@ -73,13 +73,14 @@ def load_pytorch_checkpoint(path: str | os.PathLike, model, **options) -> dict:
     return convert_state_dict(read_state_dict(path), model, source=str(path), **options)
 
 
-def load_weights(path: str | os.PathLike, model, *, class_map: np.ndarray | None = None) -> dict:
+def load_weights(path: str | os.PathLike, model, *, class_map: np.ndarray | None = None, seed: int = 0) -> dict:
     """Flax variables for `model` to start from (config.init_from): a converted directory
     (`python -m swin_jax.convert`), a train.py workdir or a PyTorch checkpoint file, fitted to it as
     `fitting.fit_params` says (another window, resolution or head works; a SimMIM model gives its
-    encoder, a classifier a segmenter's backbone)."""
+    encoder, a classifier a segmenter's backbone). What the file does not hold (a head for other classes,
+    a segmenter's or detector's heads) is freshly initialised from `seed` (config.seed)."""
     kind = kind_of(model)
-    options = {"class_map": class_map} if class_map is not None else {}
+    options = {"seed": seed, **({"class_map": class_map} if class_map is not None else {})}
     saved = workdir.load_saved(path)
     if saved is not None:
         return kind.fit_saved(*saved, model, source=str(path), **options)

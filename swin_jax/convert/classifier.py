@@ -19,11 +19,11 @@ from swin_jax.models.upernet import UPerNet
 log = logging.getLogger(__name__)
 
 def convert_state_dict(state: dict, model: Swin, *, class_map: np.ndarray | None = None,
-                       source: str = "checkpoint", encoder_of_mim: bool = False) -> dict:
+                       source: str = "checkpoint", encoder_of_mim: bool = False, seed: int = 0) -> dict:
     """A PyTorch Swin state dict (any of the three layouts) -> Flax variables for `model`, fitted by
     `fitting.fit_params` (another window, resolution or head; a 22K head narrowed with `class_map`). A
     SimMIM checkpoint gives its encoder only with `encoder_of_mim` (fine-tuning from it:
-    config.init_from); otherwise it is an error, as a segmenter's is."""
+    config.init_from); otherwise it is an error, as a segmenter's is. A fresh head is drawn from `seed`."""
     if layouts.is_segmenter_state(state):
         raise ConversionError(f"{source} holds a UPerNet segmenter (decode_head.*), and {registry.describe(model)} is "
                               f"a classifier: create the model as 'upernet_' + its name")
@@ -34,10 +34,11 @@ def convert_state_dict(state: dict, model: Swin, *, class_map: np.ndarray | None
                                   f"or fine-tune from its encoder with config.init_from")
         log.warning("%s is a SimMIM checkpoint: only its encoder is taken (mask token and decoder left out)", source)
         state = layouts.split_mim_state(state, source)[0]
-    return fitting.swin_params(state, model, class_map=class_map, source=source)
+    return fitting.swin_params(state, model, class_map=class_map, source=source, seed=seed)
 
 
-def fit_saved(saved, variables: dict, model: Swin, *, source: str, class_map: np.ndarray | None = None) -> dict:
+def fit_saved(saved, variables: dict, model: Swin, *, source: str, class_map: np.ndarray | None = None,
+              seed: int = 0) -> dict:
     """Variables for `model` from a saved model's (a converted directory's or a workdir's): a classifier's
     fitted as a PyTorch file's would be, a SimMIM model's encoder; a segmenter is refused."""
     params = variables["params"]
@@ -47,7 +48,7 @@ def fit_saved(saved, variables: dict, model: Swin, *, source: str, class_map: np
         log.warning("%s is a SimMIM model: only its encoder is taken (mask token and decoder left out)", source)
         saved, params = saved.encoder, {k: v for k, v in params["encoder"].items() if k != "mask_token"}
     tensors, found = fitting.saved_swin_tensors(saved, params)
-    return fitting.fit_params(tensors, model, class_map=class_map, source=source, found=found)
+    return fitting.fit_params(tensors, model, class_map=class_map, source=source, found=found, seed=seed)
 
 
 def read_class_map(path) -> np.ndarray:

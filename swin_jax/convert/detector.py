@@ -74,9 +74,9 @@ def _torch_key(collection: str, path: tuple[str, ...]) -> str:
     return "roi_head." + key if path[0].startswith(("bbox_head", "mask_head")) else key
 
 
-def fresh_variables(model: TwoStageDetector) -> dict:
+def fresh_variables(model: TwoStageDetector, seed: int = 0) -> dict:
     """Freshly initialised variables of `model` (compiled at a small input: the parameters do not depend on it)."""
-    return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 64, 64, model.in_chans), jnp.float32))
+    return jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 64, 64, model.in_chans), jnp.float32))
 
 
 def _fresh_stage_norms(model: TwoStageDetector) -> dict:
@@ -86,7 +86,7 @@ def _fresh_stage_norms(model: TwoStageDetector) -> dict:
 
 
 def convert_detector_state_dict(state: dict, model: TwoStageDetector, *, source: str = "checkpoint",
-                                require_heads: bool = False) -> dict:
+                                require_heads: bool = False, seed: int = 0) -> dict:
     """A PyTorch detection (or, for its backbone, classification) state dict -> variables {"params",
     "batch_stats"} of `model`. A classifier gives the backbone (stage-map norms and heads fresh), unless
     `require_heads`."""
@@ -97,7 +97,7 @@ def convert_detector_state_dict(state: dict, model: TwoStageDetector, *, source:
         raise ConversionError(f"{source} holds a UPerNet segmenter (decode_head.*), not a detector for "
                               f"{registry.describe(model)}")
     if "backbone" not in tops:
-        return _from_classifier(state, model, source, require_heads)
+        return _from_classifier(state, model, source, require_heads, seed)
     unknown = [t for t in tops if t not in PARTS]
     if unknown:
         raise ConversionError(f"{source}: not a Mask R-CNN / Cascade Mask R-CNN checkpoint: unexpected top-level "
@@ -131,7 +131,7 @@ def convert_detector_state_dict(state: dict, model: TwoStageDetector, *, source:
     return {c: unflatten_dict(v) for c, v in variables.items() if v}
 
 
-def _from_classifier(state, model, source, require_heads):
+def _from_classifier(state, model, source, require_heads, seed: int = 0):
     if require_heads:
         raise ConversionError(f"{source} holds no detector (no backbone.*, neck.*, rpn_head.*, roi_head.*) for "
                               f"{registry.describe(model)}; a detector can take a classifier's backbone when "
@@ -146,11 +146,11 @@ def _from_classifier(state, model, source, require_heads):
     params = fitting.swin_params(backbone, model.backbone, source=f"{source} (backbone)")["params"]
     log.warning("%s is a classification checkpoint: the backbone comes from it (stage-map norms freshly "
                 "initialised); the neck and heads are freshly initialised", source)
-    variables = fresh_variables(model)
+    variables = fresh_variables(model, seed)
     return {**variables, "params": {**variables["params"], "backbone": params}}
 
 
-def fit_saved(saved, variables: dict, model: TwoStageDetector, *, source: str) -> dict:
+def fit_saved(saved, variables: dict, model: TwoStageDetector, *, source: str, seed: int = 0) -> dict:
     """Variables for a detector from a saved model's: a detector's of the same shapes, or a classifier's
     (or a SimMIM model's encoder) backbone."""
     if isinstance(saved, TwoStageDetector):
@@ -172,7 +172,7 @@ def fit_saved(saved, variables: dict, model: TwoStageDetector, *, source: str) -
         tensors.setdefault((name, "scale" if leaf == "weight" else "bias"), value)
     backbone = fitting.fit_params(tensors, model.backbone, source=f"{source} (backbone)", found=found)["params"]
     log.warning("%s: the backbone comes from it; the neck and heads are freshly initialised", source)
-    fresh = fresh_variables(model)
+    fresh = fresh_variables(model, seed)
     return {**fresh, "params": {**fresh["params"], "backbone": backbone}}
 
 

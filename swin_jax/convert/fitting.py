@@ -66,14 +66,14 @@ FLAX_NAMES = Naming(lambda path: "/".join(path), lambda path, shape: tuple(shape
 
 
 def fit_params(tensors: dict, model: Swin, *, class_map: np.ndarray | None = None, source: str = "checkpoint",
-               naming: Naming = FLAX_NAMES, found: dict | None = None) -> dict:
+               naming: Naming = FLAX_NAMES, found: dict | None = None, seed: int = 0) -> dict:
     """Flax variables for `model` from `tensors`, {unrolled parameter path: array in our layout}.
 
     What a fine-tuning change of resolution or classes asks for is done on our own parameters:
     another window resamples the relative position bias tables (bicubic, as the official code); another
     patch grid resizes the absolute position embedding; a head with another number of classes is dropped
     with a warning (or, for a 21841-class head and a 1000-class model given `class_map`, narrowed to those
-    1000 rows). Anything else that does not fit is an error that first names the registered model the
+    1000 rows); a fresh head is drawn from `seed`. Anything else that does not fit is an error that first names the registered model the
     tensors match (`found`: their hyper-parameters), then lists every missing, unexpected and
     mis-shaped tensor.
     """
@@ -84,13 +84,13 @@ def fit_params(tensors: dict, model: Swin, *, class_map: np.ndarray | None = Non
         if path not in tensors:
             if path[0] == "head":
                 log.warning("%s has no classifier head: %s is freshly initialised", source, naming.key(path))
-                params[path] = _fresh_head(path, shape)
+                params[path] = _fresh_head(path, shape, seed)
             else:
                 missing.append(f"{naming.key(path)} (expected {naming.shape(path, shape)})")
             continue
         value = _fit(path, naming.key(path), np.asarray(tensors[path]), shape, class_map)
         if value is None:  # a head for other classes: keep the freshly initialised one
-            value = _fresh_head(path, shape)
+            value = _fresh_head(path, shape, seed)
         if value.shape != shape:
             mismatched.append(f"{naming.key(path)}: expected {naming.shape(path, shape)}, "
                               f"found {naming.shape(path, tensors[path].shape)}")
@@ -109,7 +109,7 @@ def fit_params(tensors: dict, model: Swin, *, class_map: np.ndarray | None = Non
 
 
 def swin_params(state: dict, model: Swin, *, class_map: np.ndarray | None = None,
-                source: str = "checkpoint") -> dict:
+                source: str = "checkpoint", seed: int = 0) -> dict:
     """A PyTorch Swin state dict (official, timm or Hugging Face layout) -> {"params"} of the Swin `model`:
     buffers checked and set aside, keys renamed to our parameter paths, then fitted by `fit_params`."""
     layout, state, buffers = layouts.to_timm_layout(state)
@@ -119,7 +119,7 @@ def swin_params(state: dict, model: Swin, *, class_map: np.ndarray | None = None
         path = layouts.flax_path(key, np.ndim(value))
         tensors[path] = layouts.torch_to_flax(path, np.asarray(value))
     return fit_params(tensors, model, class_map=class_map, source=f"{source} ({layout} layout)", naming=TORCH_NAMES,
-                      found=layouts.describe(state))
+                      found=layouts.describe(state), seed=seed)
 
 
 def saved_swin_tensors(model: Swin, params: dict) -> tuple[dict, dict]:
@@ -167,9 +167,9 @@ def _fit(path, key, value, shape, class_map):
     return value
 
 
-def _fresh_head(path, shape):
+def _fresh_head(path, shape, seed: int):
     init = trunc_normal() if path[-1] == "kernel" else jax.nn.initializers.zeros
-    return np.asarray(init(jax.random.key(0), tuple(shape), jnp.float32))
+    return np.asarray(init(jax.random.key(seed), tuple(shape), jnp.float32))
 
 
 def _check_relative_index(buffers: dict, source: str):

@@ -19,8 +19,9 @@ from swin_jax.models.simmim import SimMIM
 from swin_jax.models.swin_v2 import SwinTransformerV2
 
 
-def convert_mim_state_dict(state: dict, model: SimMIM, *, source: str = "checkpoint") -> dict:
-    """A PyTorch SimMIM state dict (Hugging Face or official) -> variables {"params"} of `model`."""
+def convert_mim_state_dict(state: dict, model: SimMIM, *, source: str = "checkpoint", seed: int = 0) -> dict:
+    """A PyTorch SimMIM state dict (Hugging Face or official) -> variables {"params"} of `model` (all from
+    the file: `seed` has nothing to draw)."""
     if not isinstance(model, SimMIM):
         raise TypeError(f"convert_mim_state_dict needs a SimMIM model, got {type(model).__name__}")
     encoder, token, decoder = layouts.split_mim_state(state, source)
@@ -59,7 +60,7 @@ def export_huggingface_mim(variables: dict, model: SimMIM) -> dict[str, np.ndarr
     return out
 
 
-def fit_saved(saved, variables: dict, model: SimMIM, *, source: str) -> dict:
+def fit_saved(saved, variables: dict, model: SimMIM, *, source: str, seed: int = 0) -> dict:
     """Variables for a SimMIM model from a saved SimMIM model's of the same shapes."""
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), *example_inputs(model)))
     if not fitting.same_tree(target, variables):

@@ -95,11 +95,11 @@ def split_segmenter_state(state: dict, source: str, backbone_only: bool = False)
 
 
 def convert_segmenter_state_dict(state: dict, model: UPerNet, *, source: str = "checkpoint",
-                                 backbone_only: bool = False, require_heads: bool = False) -> dict:
+                                 backbone_only: bool = False, require_heads: bool = False, seed: int = 0) -> dict:
     """A PyTorch UPerNet, classification or (with backbone_only) detection state dict -> variables
     {"params", "batch_stats"} of `model`. Heads come from the file only when it holds them (with
     `require_heads`, a file without them is an error); a head with another number of classes is dropped
-    with a warning."""
+    with a warning. Fresh heads are drawn from `seed`."""
     if not isinstance(model, UPerNet):
         raise TypeError(f"convert_segmenter_state_dict needs a UPerNet model, got {type(model).__name__}")
     if layouts.is_mim_state(state):  # its encoder is a classifier without a head
@@ -126,7 +126,7 @@ def convert_segmenter_state_dict(state: dict, model: UPerNet, *, source: str = "
                 fresh_norms.append(name)
     backbone = fitting.swin_params(backbone_state, model.backbone, source=f"{source} (backbone)")["params"]
 
-    fresh = jax.jit(model.init_heads)(jax.random.key(0))
+    fresh = jax.jit(model.init_heads)(jax.random.key(seed))
     expected = {c: flatten_dict(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), v))
                 for c, v in fresh.items()}
     variables = {c: dict(flatten_dict(v)) for c, v in fresh.items()}
@@ -188,11 +188,11 @@ def export_huggingface_upernet(variables: dict, model: UPerNet) -> dict[str, np.
     return out
 
 
-def fit_saved(saved, variables: dict, model: UPerNet, *, source: str) -> dict:
+def fit_saved(saved, variables: dict, model: UPerNet, *, source: str, seed: int = 0) -> dict:
     """Variables for a segmenter from a saved model's (a converted directory's or a workdir's): a
     segmenter's of the same shapes gives everything; a classifier's (or a SimMIM model's encoder) the
     backbone, fitted as `fit_params` fits, its final norm and head left out, stage-map norms and heads
-    fresh."""
+    fresh (drawn from `seed`)."""
     if isinstance(saved, UPerNet):
         target = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *model.input_hw, model.in_chans))))
         if not fitting.same_tree(target, variables):
@@ -212,5 +212,5 @@ def fit_saved(saved, variables: dict, model: UPerNet, *, source: str) -> dict:
     backbone = fitting.fit_params(tensors, model.backbone, source=f"{source} (backbone)", found=found)["params"]
     log.warning("%s: the backbone comes from it (stage-map norms %s freshly initialised); "
                 "decode_head and auxiliary_head are freshly initialised", source, ", ".join(fresh) or "none")
-    heads = model.init_heads(jax.random.key(0))
+    heads = model.init_heads(jax.random.key(seed))
     return {"params": {**heads["params"], "backbone": backbone}, "batch_stats": heads["batch_stats"]}

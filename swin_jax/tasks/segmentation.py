@@ -93,7 +93,8 @@ class Segmentation(Task):
         return training, evaluation
 
     def build_model(self, config, num_classes: int):
-        return create_model(config.model, num_classes=num_classes, img_size=tuple(config.input.crop_size)[0],
+        height, width = config.input.crop_size  # the grid V2 windows and shifts are decided on
+        return create_model(config.model, num_classes=num_classes, img_size=height if height == width else (height, width),
                             **model_options(config), **config.model_overrides)
 
     def init_variables(self, model, rng):

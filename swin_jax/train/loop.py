@@ -73,14 +73,14 @@ def build_model(config, num_classes: int):
     return get_task(config).build_model(config, num_classes)
 
 
-def load_init(path: str, model, class_map_path: str = ""):
+def load_init(path: str, model, class_map_path: str = "", seed: int = 0):
     """Parameters for `model` from a converted directory or a PyTorch checkpoint file, fitted to it as the
     converter fits them (bias tables resampled, position embedding resized, a head for other classes
-    reset, a 22K head narrowed with `class_map_path`)."""
+    reset, a 22K head narrowed with `class_map_path`); what is fresh is drawn from `seed`."""
     if not os.path.exists(path):
         raise TrainingError(f"config.init_from={path!r} is neither a converted model directory nor a file")
     class_map = read_class_map(class_map_path) if class_map_path else None
-    return load_weights(path, model, class_map=class_map)
+    return load_weights(path, model, class_map=class_map, seed=seed)
 
 
 def _check(config) -> None:
@@ -205,7 +205,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 start_step, state = restored_step, restored
                 training = training.starting_at(start_step)  # the data position is a function of the step
         if config.init_from and not start_step:
-            loaded = dict(load_init(config.init_from, model, config.init_class_map))
+            loaded = dict(load_init(config.init_from, model, config.init_class_map, config.seed))
             params = jax.device_put(loaded.pop("params"), state_sharding.params)
             model_state = jax.device_put({k: loaded.get(k, v) for k, v in state.model_state.items()},
                                          state_sharding.model_state)

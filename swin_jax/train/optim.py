@@ -120,7 +120,10 @@ def schedule(config, total_steps: int, steps_per_epoch: int) -> Schedule | PolyS
     else:
         warmup = int(config.warmup_epochs * updates_per_epoch)
     if kind == "multistep":  # milestones in epochs, as the official MULTISTEPS
-        milestones = tuple(int(e * updates_per_epoch) for e in config.lr_milestones)
+        if config.total_steps:  # they keep their share of the run, as the warm-up does
+            milestones = tuple(int(updates * e / config.epochs) for e in config.lr_milestones)
+        else:
+            milestones = tuple(int(e * updates_per_epoch) for e in config.lr_milestones)
         if milestones and min(milestones) < warmup:
             raise ValueError(f"config.lr_milestones={tuple(config.lr_milestones)}: the first milestone falls inside "
                              f"the {warmup}-step warm-up")
@@ -205,30 +208,42 @@ def zero_frozen(frozen_stages: int) -> optax.GradientTransformation:
         {p: frozen(p, frozen_stages) for p in traverse_util.flatten_dict(params)}))
 
 
+SWIN_PARTS = ("backbone", "encoder")  # where segmenters, detectors and SimMIM hold their Swin
+
+
 def layer_ids(params, depths) -> dict:
     """Each parameter's depth for layer-wise lr decay, as SimMIM's Swin fine-tuning counts it: the patch
-    embedding is 0, block j of the whole network is j + 1, a patch merging sits with the last block
-    before it, and the final norm and head are last. Scanned blocks get one id per stacked entry."""
+    embedding (and SimMIM's mask token) is 0, block j of the whole network is j + 1, a patch merging sits
+    with the last block before it, and the final norm and head are last. Scanned blocks get one id per
+    stacked entry. In a segmenter, detector or SimMIM model the Swin is counted inside its `backbone` /
+    `encoder`, and the heads and decoder are last."""
     num_layers = sum(depths) + 1
     flat = traverse_util.flatten_dict(params)
     ids = {}
-    for path, value in flat.items():
+    wrapped = any(path[0] in SWIN_PARTS for path in flat)
+    for full_path, value in flat.items():
+        if wrapped and full_path[0] not in SWIN_PARTS:  # a head or decoder around the Swin
+            ids[full_path] = np.asarray(num_layers)
+            continue
+        path = full_path[1:] if wrapped else full_path
         top = path[0]
         if top.startswith("layers_"):
             stage = int(top.split("_")[1])
             first = sum(depths[:stage])
             if path[1] == "downsample":
-                ids[path] = np.asarray(first)
+                ids[full_path] = np.asarray(first)
             elif path[1] == "blocks":  # scanned pairs: leading axis is the pair, block0/1 inside
                 parity = int(path[2][-1])
-                ids[path] = first + 1 + parity + 2 * np.arange(value.shape[0])
+                ids[full_path] = first + 1 + parity + 2 * np.arange(value.shape[0])
             else:  # unrolled: blocks_j
-                ids[path] = np.asarray(first + 1 + int(path[1].split("_")[1]))
-        elif top in ("patch_embed", "absolute_pos_embed"):
-            ids[path] = np.asarray(0)
+                ids[full_path] = np.asarray(first + 1 + int(path[1].split("_")[1]))
+        elif top in ("patch_embed", "absolute_pos_embed", "mask_token"):
+            ids[full_path] = np.asarray(0)
         else:
-            ids[path] = np.asarray(num_layers)
+            ids[full_path] = np.asarray(num_layers)
     return ids
+
+
 
 
 def layer_scales(params, depths, decay: float):
