@@ -25,12 +25,12 @@ ARCH = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_si
 BACKBONES = {"v1": ("swin_tiny_patch4_window7_224", SwinConfig), "v2": ("swinv2_tiny_window8_256", Swinv2Config)}
 
 
-def hf_upernet(version, img_size=64, drop_path_rate=0.0):
+def hf_upernet(version, img_size=64, drop_path_rate=0.0, num_labels=10):
     config_cls = BACKBONES[version][1]
     backbone = config_cls(image_size=img_size, **{k: list(v) if isinstance(v, tuple) else v for k, v in ARCH.items()},
                           out_features=["stage1", "stage2", "stage3", "stage4"], hidden_act="gelu",
                           layer_norm_eps=1e-5, drop_path_rate=drop_path_rate)
-    hf = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, num_labels=10, hidden_size=32,
+    hf = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, num_labels=num_labels, hidden_size=32,
                                                       auxiliary_channels=16))
     randomize(hf)
     g = torch.Generator().manual_seed(1)
