@@ -253,3 +253,31 @@ def test_bad_input_is_named():
         jax.jit(classifier.init)(jax.random.key(0), x, mask=jnp.zeros((2, 16, 16), bool))
     with pytest.raises(ValueError, match="unknown SimMIM model 'simmim_swin_tiny'.*Did you mean"):
         swin_jax.create_model("simmim_swin_tiny")
+
+
+def test_a_segmenter_starts_from_a_simmim_checkpoint(tmp_path, caplog):
+    """config.init_from with an official SimMIM file or our SimMIM directory: the segmenter's backbone is
+    the encoder (blocks, patch embedding; bias tables of the same window as they are), the mask token and
+    decoder are left out with a warning, the stage-map norms and heads are fresh."""
+    from swin_jax import checkpoint
+    from swin_jax.train.loop import load_init
+
+    hf, model = hf_mim("v1"), ours("v1")
+    variables = convert_mim_state_dict(numpy_state(hf), model)
+    torch.save({"model": official_layout(variables, model, False)}, tmp_path / "simmim.pth")
+    checkpoint.save_pretrained(tmp_path / "simmim", variables, "simmim_swin_tiny_patch4_window7_224",
+                               dict(img_size=192, window_size=6, drop_path_rate=0.0, **ARCH))
+    segmenter = swin_jax.create_model("upernet_swin_tiny_patch4_window7_224", img_size=96, window_size=6, **ARCH,
+                                      channels=16, auxiliary_channels=8, num_classes=5)
+    encoder = variables["params"]["encoder"]
+    for source in (tmp_path / "simmim.pth", tmp_path / "simmim"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            params = load_init(str(source), segmenter)["params"]
+        assert "SimMIM" in caplog.text and "only its encoder" in caplog.text
+        backbone = params["backbone"]
+        for part in ("patch_embed", "layers_0", "layers_1", "layers_2", "layers_3"):
+            jax.tree.map(np.testing.assert_array_equal, backbone[part], encoder[part])
+        assert "mask_token" not in backbone and "head" not in backbone
+        np.testing.assert_array_equal(backbone["norm0"]["scale"], np.ones(16))
+        assert {"decode_head", "auxiliary_head"} <= set(params)
