@@ -1,8 +1,9 @@
 """COCO evaluation: a COCO-format folder made here, whose boxes and masks are known; perfect detections
 give AP 1.0, dropped and shifted ones the numbers pycocotools computes from the same results JSON read
-back from disk; a folder with a missing image is named. Then the detection task in train.py
-(eval_only) over that folder and over a mocked TFDS coco/2017 against the same images detected one by
-one through predict's path and scored by pycocotools directly."""
+back from disk; a folder with a missing image is named. The same with the ground truth read from a
+mocked TFDS coco/2017, and the evaluation input made of it. Then the detection task in train.py
+(eval_only) over the folder, against the same images detected one by one through predict's path and
+scored by pycocotools directly."""
 
 import json
 
@@ -109,12 +110,10 @@ ARCH = dict(img_size=64, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 
 HEADS = dict(channels=16, fc_channels=32, mask_channels=16, rpn_nms_pre=300, rpn_max_per_img=200, max_per_img=30,
              score_thr=0.0)  # a random detector's class scores are near 1 / (classes + 1): keep them all
 SCALE = (200, 113)  # the test transform into 200x113: the 70, 80 and 90 by 80 images become 113x129, 113x113, 127x113
-ONE_SHAPE_SCALE = (200, 100)  # into 200x100: 100x114, 100x100, 112x100, all padded to 128x128
 
 
-def saved_detector(directory, num_classes, favoured=None):
-    """A tiny random Mask R-CNN (every tensor drawn), saved as a converted directory; with its variables.
-    A `favoured` class gets most detections (its logit raised), so that 80 classes still give AP > 0."""
+def saved_detector(directory, num_classes):
+    """A tiny random Mask R-CNN (every tensor drawn), saved as a converted directory; with its variables."""
     import jax
 
     from swin_jax import checkpoint, create_model
@@ -123,15 +122,11 @@ def saved_detector(directory, num_classes, favoured=None):
     name = "mask_rcnn_swin_tiny_patch4_window7_224"
     model = create_model(name, num_classes=num_classes, **ARCH, **HEADS)
     variables = randomise(jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32)))
-    if favoured is not None:
-        head = variables["params"]["bbox_head"]["fc_cls"]
-        head["bias"] = np.asarray(head["bias"]).copy()
-        head["bias"][favoured] += 4.0
     checkpoint.save_pretrained(directory, variables, name, dict(num_classes=num_classes, **ARCH, **HEADS))
     return model, variables
 
 
-def detected_one_by_one(model, variables, images, category_ids, with_masks=True, scale=SCALE):
+def detected_one_by_one(model, variables, images, category_ids, scale=SCALE):
     """COCO results of predict's path: each image alone through the official test transform."""
     import jax
 
@@ -140,7 +135,7 @@ def detected_one_by_one(model, variables, images, category_ids, with_masks=True,
     apply_fn, rows = jax.jit(model.apply), []
     for image_id, path in images:
         _, boxes, scores, labels, masks = predict.detect(model, apply_fn, variables, str(path), scale)
-        rows += detection.coco_results(image_id, boxes, scores, labels, masks if with_masks else None, category_ids)
+        rows += detection.coco_results(image_id, boxes, scores, labels, masks, category_ids)
     return rows
 
 
@@ -266,33 +261,46 @@ def test_tfds_coco_ground_truth_scores_perfect_and_shifted_detections(tmp_path):
     np.testing.assert_allclose([metrics[f"eval_bbox_{s}"] for s in detection.STATS], evaluator.stats)
 
 
-def test_train_py_evaluates_on_mocked_tfds_coco(tmp_path):
-    """TFDS coco/2017 (mocked) through train.py: bbox metrics only (TFDS has no masks), equal to
-    pycocotools' on the same images detected one by one against the known boxes."""
+def test_detection_eval_input_from_mocked_tfds_coco(tmp_path):
+    """What train.py's detection task reads from TFDS coco/2017 (mocked): every image through the official
+    test transform (predict's pixels), batched by padded shape, short batches filled with masked examples,
+    each of two processes keeping its rows of every global batch; the ground truth has boxes only, so the
+    task scores bbox (perfect detections: AP 1.0) and says segm is not evaluated."""
+    import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from swin_jax.train import train_and_evaluate
+    from swin_jax import data
+    from swin_jax.data import on_device, transforms
 
     as_dataset, truth = mocked_tfds_coco(tmp_path)
-    model, variables = saved_detector(tmp_path / "det", 80, favoured=coco.CLASSES.index("car"))
-    config = detection_config(eval_batch_size=8, eval_scale=ONE_SHAPE_SCALE)
+    config = detection_config(eval_batch_size=4)
     config.dataset = "coco/2017"
-    config.init_from = str(tmp_path / "det")
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
-        got = train_and_evaluate(config, str(tmp_path / "work"))
-    gt = COCO()
-    gt.dataset = {"images": [{"id": i, "height": 60 + 10 * i, "width": 80} for i in (1, 2, 3)],
-                  "categories": [{"id": c, "name": n} for c, n in zip(coco.CATEGORY_IDS, coco.CLASSES)],
-                  "annotations": [{"id": k + 1, "image_id": i, "category_id": c, "iscrowd": 0,
-                                   "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                                   "area": float((x1 - x0) * (y1 - y0))}
-                                  for k, (i, (x0, y0, x1, y1), c, _) in enumerate(truth)]}
-    gt.createIndex()
-    reference = detected_one_by_one(model, variables, [(i, tmp_path / f"{i}.jpg") for i in (1, 2, 3)],
-                                    coco.CATEGORY_IDS, with_masks=False, scale=ONE_SHAPE_SCALE)
-    want, per_class = detection.coco_metrics(gt, reference, iou_types=("bbox",))
-    want.update({f"eval_bbox_ap/{name}": ap for name, ap in per_class["bbox"].items()})
-    assert_same_metrics(got, want)
-    assert not any(k.startswith("eval_segm") for k in got) and got["eval_detections"] == 3 * HEADS["max_per_img"]
-    assert got["eval_batch_shapes"] == 1
-    assert got["eval_bbox_ap/car"] > 0 and got["eval_bbox_ap/person"] == -1.0  # no person in the ground truth
+        evaluation = data.detection_eval_input(config.input, process_index=0, process_count=1)
+        batches = list(evaluation)
+        shares = [list(data.detection_eval_input(config.input, process_index=p, process_count=2)) for p in (0, 1)]
+    assert len(batches) == 2 and evaluation.num_classes == 80 and evaluation.category_ids == coco.CATEGORY_IDS
+    by_shape = {b["image"].shape[1:3]: b for b in batches}
+    assert set(by_shape) == {(128, 160), (128, 128)}  # SCALE: image 1 alone, images 2 and 3 together
+    for shape, ids in (((128, 160), [1]), ((128, 128), [2, 3])):
+        batch = by_shape[shape]
+        assert batch["image_id"][batch["mask"]].tolist() == ids and batch["mask"].sum() == len(ids)
+        for row, image_id in enumerate(ids):
+            image = transforms.decode(tf.constant((tmp_path / f"{image_id}.jpg").read_bytes())).numpy()
+            x, hw, _ = coco.test_image(image, SCALE)
+            assert tuple(batch["valid"][row]) == hw and tuple(batch["original_hw"][row]) == image.shape[:2]
+            got = on_device.segmentation_batch(batch["image"][row:row + 1], batch["valid"][row:row + 1])[0]
+            np.testing.assert_allclose(got, x, atol=1e-6)
+    for k, batch in enumerate(batches):
+        for p in (0, 1):
+            for key, value in batch.items():
+                np.testing.assert_array_equal(shares[p][k][key], value[2 * p:2 * p + 2])
+
+    rows = []
+    for image_id, box, category, _ in truth:
+        rows += detection.coco_results(image_id, [box], [0.9], [coco.CATEGORY_IDS.index(category)], None,
+                                       coco.CATEGORY_IDS)
+    results = detection.TASK.summarize(rows, evaluation)
+    assert results["eval_bbox_ap"] == pytest.approx(1.0) and not any(k.startswith("eval_segm") for k in results)
+    assert results["eval_bbox_ap/car"] == pytest.approx(1.0) and results["eval_bbox_ap/person"] == -1.0
+    assert "segm not evaluated" in detection.TASK.report(dict(results, eval_batch_shapes=2.0), evaluation.class_names)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import traverse_util
 from transformers import SwinConfig, SwinForMaskedImageModeling, Swinv2Config, Swinv2ForMaskedImageModeling  # noqa: F401
 
 import swin_jax
@@ -257,16 +258,17 @@ def test_bad_input_is_named():
 
 def test_a_segmenter_starts_from_a_simmim_checkpoint(tmp_path, caplog):
     """config.init_from with an official SimMIM file or our SimMIM directory: the segmenter's backbone is
-    the encoder (blocks, patch embedding; bias tables of the same window as they are), the mask token and
-    decoder are left out with a warning, the stage-map norms and heads are fresh."""
+    the encoder (blocks, patch embedding; the last stage's bias tables resampled from the 3x3 window the
+    encoder's 3x3 map had to the 6x6 window a segmenter keeps), the mask token and decoder are left out
+    with a warning, the stage-map norms and heads are fresh."""
     from swin_jax import checkpoint
     from swin_jax.train.loop import load_init
 
-    hf, model = hf_mim("v1"), ours("v1")
+    hf, model = hf_mim("v1", img_size=96), ours("v1", img_size=96)
     variables = convert_mim_state_dict(numpy_state(hf), model)
     torch.save({"model": official_layout(variables, model, False)}, tmp_path / "simmim.pth")
     checkpoint.save_pretrained(tmp_path / "simmim", variables, "simmim_swin_tiny_patch4_window7_224",
-                               dict(img_size=192, window_size=6, drop_path_rate=0.0, **ARCH))
+                               dict(img_size=96, window_size=6, drop_path_rate=0.0, **ARCH))
     segmenter = swin_jax.create_model("upernet_swin_tiny_patch4_window7_224", img_size=96, window_size=6, **ARCH,
                                       channels=16, auxiliary_channels=8, num_classes=5)
     encoder = variables["params"]["encoder"]
@@ -276,8 +278,14 @@ def test_a_segmenter_starts_from_a_simmim_checkpoint(tmp_path, caplog):
             params = load_init(str(source), segmenter)["params"]
         assert "SimMIM" in caplog.text and "only its encoder" in caplog.text
         backbone = params["backbone"]
-        for part in ("patch_embed", "layers_0", "layers_1", "layers_2", "layers_3"):
+        for part in ("patch_embed", "layers_0", "layers_1", "layers_2"):
             jax.tree.map(np.testing.assert_array_equal, backbone[part], encoder[part])
+        tables = lambda tree: {k: v for k, v in traverse_util.flatten_dict(tree).items()  # noqa: E731
+                               if k[-1] == "relative_position_bias_table"}
+        others = lambda tree: {k: v for k, v in traverse_util.flatten_dict(tree).items() if k not in tables(tree)}  # noqa: E731
+        jax.tree.map(np.testing.assert_array_equal, others(backbone["layers_3"]), others(encoder["layers_3"]))
+        assert {v.shape[-2] for v in tables(backbone["layers_3"]).values()} == {121}
+        assert {v.shape[-2] for v in tables(encoder["layers_3"]).values()} == {25}
         assert "mask_token" not in backbone and "head" not in backbone
         np.testing.assert_array_equal(backbone["norm0"]["scale"], np.ones(16))
         assert {"decode_head", "auxiliary_head"} <= set(params)
