@@ -15,6 +15,7 @@ turns them into COCO results on the host and computes the same metrics.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 
 import jax
@@ -85,6 +86,7 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=4)  # asked at every evaluation batch; a split's ground truth does not change
 def iou_types(ground_truth: COCO) -> tuple[str, ...]:
     """bbox, and segm when the ground truth has masks (TFDS's COCO has boxes only)."""
     annotations = ground_truth.dataset.get("annotations", [])
