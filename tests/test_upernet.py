@@ -65,17 +65,84 @@ def test_pooling_and_resizing_match_pytorch():
     for scale in (1, 2, 3, 6):  # bins of 23 / 6 and 37 / 6 rows overlap
         want = F.adaptive_avg_pool2d(x, scale).permute(0, 2, 3, 1).numpy()
         np.testing.assert_allclose(layers.adaptive_avg_pool(nhwc, scale), want, rtol=0, atol=1e-6, err_msg=scale)
-    for size in ((64, 96), (6, 9), (11, 80), (23, 37)):
-        want = F.interpolate(x, size=size, mode="bilinear", align_corners=False).permute(0, 2, 3, 1).numpy()
-        np.testing.assert_allclose(layers.resize_bilinear(nhwc, size), want, rtol=0, atol=1e-6, err_msg=size)
+    # whole factors (the phase taps: UPerNet's 2x to 32x), others (the matrices), and a mix of both
+    for size in ((46, 74), (368, 37), (23, 148), (64, 96), (6, 9), (11, 80), (23, 37), (92, 50)):
+        leaf = x.clone().requires_grad_(True)
+        out = F.interpolate(leaf, size=size, mode="bilinear", align_corners=False)
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(size[0]))
+        (out * weights).sum().backward()
+        np.testing.assert_allclose(layers.resize_bilinear(nhwc, size), out.detach().permute(0, 2, 3, 1).numpy(),
+                                   rtol=0, atol=1e-6, err_msg=size)
+        grad = jax.grad(lambda a: jnp.sum(layers.resize_bilinear(a, size) * weights.permute(0, 2, 3, 1).numpy()))(nhwc)
+        want = leaf.grad.permute(0, 2, 3, 1).numpy()
+        np.testing.assert_allclose(grad, want, rtol=0, atol=1e-6 * np.abs(want).max(), err_msg=size)
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
-def test_hugging_face_upernet_parity(version):
+@pytest.mark.parametrize("k", [1, 3])
+def test_tap_convolution_lowering_matches_torch(k):
+    """conv_same with the kernel gradient as one product per tap, and as XLA's convolution: the values and
+    both gradients of PyTorch's Conv2d(padding=k // 2), on a map that is neither square nor even."""
+    rng = np.random.RandomState(k)
+    x, kernel, weights = rng.randn(2, 9, 7, 5), rng.randn(k, k, 5, 4), rng.randn(2, 9, 7, 4)
+    tx = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    tk = torch.tensor(kernel.transpose(3, 2, 0, 1), requires_grad=True)
+    out = F.conv2d(tx, tk, padding=k // 2)
+    (out * torch.from_numpy(weights.transpose(0, 3, 1, 2))).sum().backward()
+    want = [out.detach().permute(0, 2, 3, 1).numpy(), tx.grad.permute(0, 2, 3, 1).numpy(),
+            tk.grad.permute(2, 3, 1, 0).numpy()]
+    f32 = [jnp.asarray(a, jnp.float32) for a in (x, kernel, weights)]
+    for implementation in ("taps", "xla"):
+        def loss(x, kernel):
+            return jnp.sum(layers.conv_same(x, kernel, implementation) * f32[2])
+        got = [layers.conv_same(*f32[:2], implementation), *jax.grad(loss, (0, 1))(*f32[:2])]
+        for name, g, w in zip(("output", "input gradient", "kernel gradient"), got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * np.abs(w).max(), err_msg=f"{implementation} {name}")
+    assert layers.resolve_conv("auto") == ("taps" if jax.default_backend() == "cpu" else "xla")
+    with pytest.raises(ValueError, match="conv_impl='im2col'"):
+        layers.conv_same(*f32[:2], "im2col")
+
+
+def test_fusion_convolves_each_level_at_its_own_size():
+    """ConvNormAct over a list of maps (UPerNet's fusion): with "taps" each level is convolved at its own
+    size and the result resized, with "xla" the levels are resized, concatenated and convolved, as in
+    PyTorch. The same outputs, gradients and BatchNorm statistics, for upsampling by 2, 4 and by a
+    ratio that is not whole (5 rows to 16), and downsampling."""
+    rng = np.random.RandomState(0)
+    maps = [jnp.asarray(rng.randn(2, *hw, c), jnp.float32) for hw, c in (((16, 12), 3), ((8, 6), 4), ((4, 3), 2),
+                                                                          ((5, 7), 3), ((20, 30), 2))]
+    weights = jnp.asarray(rng.randn(2, 16, 12, 6), jnp.float32)
+    results = {}
+    for implementation in ("taps", "xla"):
+        module = layers.ConvNormAct(6, 3, conv_impl=implementation)
+        variables = module.init(jax.random.key(0), maps, False)
+
+        def loss(params, maps):
+            out, state = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, maps, True,
+                                      mutable=["batch_stats"])
+            return jnp.sum(out * weights), (out, state)
+
+        (_, (out, state)), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(variables["params"], maps)
+        results[implementation] = (variables, out, state, grads)
+    (v_m, *got), (v_x, *want) = results["taps"], results["xla"]
+    chex.assert_trees_all_equal(v_m, v_x)  # the same parameters, names and initial values
+    torch_out = F.conv2d(torch.cat([F.interpolate(torch.from_numpy(np.asarray(m)).permute(0, 3, 1, 2), size=(16, 12),
+                                                  mode="bilinear", align_corners=False) for m in maps], 1),
+                         torch.from_numpy(np.asarray(v_x["params"]["conv"]["kernel"])).permute(3, 2, 0, 1), padding=1)
+    stats = v_x["batch_stats"]["bn"]
+    torch_out = F.relu(F.batch_norm(torch_out, torch.from_numpy(np.asarray(stats["mean"])),
+                                    torch.from_numpy(np.asarray(stats["var"])), training=True, eps=1e-5))
+    np.testing.assert_allclose(want[0], torch_out.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-5)
+    for name, g, w in zip(("output", "batch statistics", "gradients"), got, want):
+        chex.assert_trees_all_close(g, w, rtol=1e-5, atol=1e-5, custom_message=name)
+
+
+@pytest.mark.parametrize("version,conv_impl", [("v1", "auto"), ("v2", "auto"), ("v1", "xla")])
+def test_hugging_face_upernet_parity(version, conv_impl):
     """Main and auxiliary logits at 512x512 and at two sizes that are neither square nor multiples of 32
-    (the backbone pads), through the strict loader."""
+    (the backbone pads), through the strict loader; the heads' convolutions as this platform lowers
+    them, and as XLA's convolutions."""
     hf = hf_upernet(version)
-    model = ours(version)
+    model = ours(version, conv_impl=conv_impl)
     variables = convert_segmenter_state_dict(numpy_state(hf), model)
     forward = jax.jit(lambda v, x: model.apply(v, x, with_auxiliary=True))
     for h, w in ((512, 512), (70, 93), (97, 50)):

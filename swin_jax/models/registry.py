@@ -84,7 +84,7 @@ SEGMENTERS: dict[str, tuple[str, dict]] = {
     "upernet_swin_large": ("swin_large_patch4_window12_384", dict(drop_path_rate=0.3)),
 }
 SEGMENTER_FIELDS = ("num_classes", "channels", "pool_scales", "auxiliary_channels", "auxiliary_in_index",
-                    "dropout_rate")
+                    "dropout_rate", "conv_impl")
 
 
 def composite_backbone(name: str, prefix: str, named: dict[str, tuple[str, dict]], what: str) -> tuple[str, dict]:

@@ -41,11 +41,12 @@ class UPerHead(nn.Module):
     dropout_rate: float = 0.1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # layers.CONV_IMPLEMENTATIONS
 
     @nn.compact
     def __call__(self, features: Sequence[jnp.ndarray], train: bool = False) -> jnp.ndarray:
         def conv(kernel_size, name):
-            return ConvNormAct(self.channels, kernel_size, self.dtype, self.param_dtype, name=name)
+            return ConvNormAct(self.channels, kernel_size, self.dtype, self.param_dtype, self.conv_impl, name=name)
 
         top = features[-1]
         pooled = [resize_bilinear(conv(1, f"psp_modules_{i}")(adaptive_avg_pool(top, scale), train), top.shape[1:3])
@@ -55,9 +56,7 @@ class UPerHead(nn.Module):
         for i in range(len(laterals) - 1, 0, -1):  # top-down: each level plus the coarser one, resized
             laterals[i - 1] = laterals[i - 1] + resize_bilinear(laterals[i], laterals[i - 1].shape[1:3])
         outs = [conv(3, f"fpn_convs_{i}")(x, train) for i, x in enumerate(laterals[:-1])] + [laterals[-1]]
-        size = outs[0].shape[1:3]
-        x = conv(3, "fpn_bottleneck")(jnp.concatenate([outs[0], *(resize_bilinear(o, size) for o in outs[1:])], -1),
-                                      train)
+        x = conv(3, "fpn_bottleneck")(outs, train)  # every level resized to the finest, concatenated
         x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2))(x, deterministic=not train)  # Dropout2d
         return classifier(self.num_classes, "conv_seg", self.dtype, self.param_dtype)(x)
 
@@ -72,12 +71,13 @@ class FCNHead(nn.Module):
     dropout_rate: float = 0.1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # layers.CONV_IMPLEMENTATIONS
 
     @nn.compact
     def __call__(self, features: Sequence[jnp.ndarray], train: bool = False) -> jnp.ndarray:
         x = features[self.in_index]
         for i in range(self.num_convs):
-            x = ConvNormAct(self.channels, 3, self.dtype, self.param_dtype, name=f"convs_{i}")(x, train)
+            x = ConvNormAct(self.channels, 3, self.dtype, self.param_dtype, self.conv_impl, name=f"convs_{i}")(x, train)
         x = nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2))(x, deterministic=not train)
         return classifier(self.num_classes, "conv_seg", self.dtype, self.param_dtype)(x)
 
@@ -100,6 +100,7 @@ class UPerNet(nn.Module):
     dropout_rate: float = 0.1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"  # the heads' convolutions: layers.CONV_IMPLEMENTATIONS
 
     def __post_init__(self):
         indices = getattr(self.backbone, "out_indices", None)
@@ -129,7 +130,8 @@ class UPerNet(nn.Module):
     def heads(self, named: bool = True) -> tuple[UPerHead, FCNHead]:
         """The decode and auxiliary heads; `named=False` builds them standalone (`init_heads`)."""
         decode, auxiliary = (dict(name=n) if named else {} for n in self.HEAD_NAMES)
-        options = dict(dropout_rate=self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype)
+        options = dict(dropout_rate=self.dropout_rate, dtype=self.dtype, param_dtype=self.param_dtype,
+                       conv_impl=self.conv_impl)
         return (UPerHead(self.num_classes, self.channels, self.pool_scales, **decode, **options),
                 FCNHead(self.num_classes, self.auxiliary_channels, 1, self.auxiliary_in_index, **auxiliary, **options))
 
