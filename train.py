@@ -53,6 +53,7 @@ def parse_flags(argv):
     except Exception as e:  # noqa: BLE001  config overrides fail with several kinds of error
         sys.exit(f"error: {_message(e)}")
     config_file = config_flags.get_config_filename(FLAGS["config"])
+    config_file = config_file.split(".py:", 1)[0] + ".py" if ".py:" in config_file else config_file  # FILE.py:ARG
     if not os.path.isfile(config_file):
         sys.exit(f"error: --config {config_file}: no such config file")
     return args

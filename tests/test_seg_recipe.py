@@ -43,7 +43,8 @@ LOSS_RTOL, LR_RTOL, PARAM_RTOL = 1e-5, 1e-6, 1e-4
 
 def recipe_config(tmp_path, weights):
     config = demo_seg.get_config()
-    config.model_overrides.update(dict(ARCH, channels=32, auxiliary_channels=16, dropout_rate=0.0))  # HF has no Dropout2d
+    config.model_overrides.update(dict(ARCH, patch_size=4, channels=32, auxiliary_channels=16, auxiliary_in_index=2,
+                                       drop_path_rate=0.0, dropout_rate=0.0))  # HF has no Dropout2d
     config.input.update(dict(demo_scene_size=64, scale=(64, 64), crop_size=(64, 64), eval_scale=(64, 64),
                              demo_train_scenes=5 * BATCH, demo_eval_scenes=BATCH, eval_batch_size=BATCH,
                              preview_images=0))

@@ -8,12 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo_seg, upernet_swin_t_ade20k
+from configs import demo, demo_seg, upernet_swin_t_ade20k
 from swin_jax import data
 from swin_jax.train import train_and_evaluate
 import runs
 
-TINY = dict(embed_dim=16, num_heads=(1, 2, 2, 4), channels=16, auxiliary_channels=8)
+TINY = dict(embed_dim=16, num_heads=(1, 2, 2), channels=16, auxiliary_channels=8)
 TINY_FLAGS = [f"--config.model_overrides.{k}={v}" for k, v in TINY.items()] + [
     "--config.input.demo_train_scenes=64", "--config.input.demo_eval_scenes=10", "--config.input.eval_batch_size=10"]
 
@@ -26,19 +26,27 @@ def tiny_demo(**overrides):
     return config
 
 
-def test_short_demo_learns_and_reports(tmp_path, capsys):
-    """A short demo run: the loss falls, evaluation writes mIoU, mAcc, aAcc and per-class IoU rows, prints
-    the table, puts image | truth | prediction into TensorBoard; predict reads the workdir."""
+def test_short_demo_learns_and_reports(tmp_path, capsys, caplog):
+    """The demo's two commands, short: the classification pre-training on scene-style digits, then the
+    segmenter with its backbone from that workdir. The loss falls, evaluation writes mIoU, mAcc, aAcc and
+    per-class IoU rows, prints the table, puts image | truth | prediction into TensorBoard; predict reads
+    the workdir. (Telling the digits apart takes the full run: docs/segmentation.md#the-demo.)"""
+    pretrained = str(tmp_path / "demo_scene")
+    pre = demo.get_config("scene")
+    pre.update(dict(total_steps=4, eval_every_steps=4, checkpoint_every_steps=4, log_every_steps=2))
+    train_and_evaluate(pre, pretrained)
     workdir = str(tmp_path / "seg")
     config = demo_seg.get_config()
     config.input.update(dict(demo_train_scenes=200, demo_eval_scenes=40))
     config.update(dict(total_steps=40, warmup_steps=10, eval_every_steps=40, checkpoint_every_steps=40,
-                       log_every_steps=10))
-    results = train_and_evaluate(config, workdir)
+                       log_every_steps=10, init_from=pretrained))
+    with caplog.at_level("WARNING"):
+        results = train_and_evaluate(config, workdir)
+    assert f"{pretrained}: the backbone comes from it" in caplog.text  # the two configs' backbones fit
     out = capsys.readouterr().out
     rows = runs.rows(workdir)
     losses = [r["train_loss"] for r in rows if "train_loss" in r]
-    assert losses[-1] < 0.8 * losses[0]
+    assert losses[-1] < 0.93 * losses[0]
     assert {"decode_loss", "auxiliary_loss"} <= set(rows[0])
     evals = [r for r in rows if "eval_miou" in r]
     assert len(evals) == 1 and evals[0]["eval_batch_shapes"] == 1  # one padded shape: one compilation

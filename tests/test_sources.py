@@ -170,6 +170,26 @@ def test_demo_dataset_is_fixed_real_and_offline():
         sources.demo_arrays("validation")
 
 
+def test_demo_digits_drawn_as_the_scenes_draw_them():
+    """config.input.demo_digits='scene': the same digits and labels, each in a contrasting colour on a
+    textured background of its own; fixed from call to call; a bad style is named."""
+    plain_x, plain_y = sources.demo_arrays("test")
+    scene_x, scene_y = sources.demo_arrays("test", "scene")
+    assert scene_x.shape == (360, 32, 32, 3) and scene_x.dtype == np.uint8
+    np.testing.assert_array_equal(scene_y, plain_y)
+    np.testing.assert_array_equal(sources.demo_arrays("test", "scene")[0], scene_x)
+    colourful = np.abs(scene_x.astype(int) - scene_x.mean(-1, keepdims=True)).max(axis=(1, 2, 3))
+    assert (colourful > 20).mean() > 0.9 and np.all(plain_x[..., 0] == plain_x[..., 2])  # colour vs grey
+    corners = scene_x[:, :3, :3].reshape(360, -1).mean(1)
+    assert corners.std() > 30  # every background its own
+    # the digit is there: strokes (where the plain image is bright) differ from the background around them
+    strokes = plain_x[..., 0] > 200
+    gap = [np.abs(x[m].mean(0) - x[~m].mean(0)).max() for x, m in zip(scene_x.astype(float), strokes)]
+    assert np.median(gap) > 40
+    with pytest.raises(DataError, match="config.input.demo_digits='sketch'"):
+        sources.demo_arrays("test", "sketch")
+
+
 def test_every_process_gets_the_same_number_of_steps_and_each_example_counts_once():
     config = data.default_config()
     config.update(dict(dataset="demo", image_size=32, batch_size=48, crop_pct=1.0))

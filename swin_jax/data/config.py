@@ -45,6 +45,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.num_classes = 1000
     c.synthetic_examples = 1_281_167
     c.demo_train_examples = 0  # dataset 'demo': > 0 trains on the first N of the 1437 training digits only
+    # dataset 'demo': 'plain' (white on black) or 'scene' (each digit drawn as the segmentation demo's
+    # scenes draw them: a contrasting colour on a textured, noisy background)
+    c.demo_digits = "plain"
     # SimMIM pre-training (task 'simmim'): the official MaskGenerator's cells and ratio; previews of
     # original | masked | reconstruction in TensorBoard at every evaluation.
     c.labelled = True  # False: images without labels (an image folder of any layout, TFDS with `image` only)

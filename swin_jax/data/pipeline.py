@@ -78,7 +78,8 @@ def open_split(config: ml_collections.ConfigDict, split: str, process_index: int
                                     labelled=config.labelled)
     if config.dataset == "demo":
         limit = config.get("demo_train_examples", 0) if split == _split_name(config, 0) else 0
-        return sources.demo_split(split, process_index=process_index, process_count=process_count, limit=limit)
+        return sources.demo_split(split, process_index=process_index, process_count=process_count, limit=limit,
+                                  style=config.get("demo_digits", "plain"))
     return sources.tfds_split(config.dataset, split, data_dir=config.data_dir, process_index=process_index,
                               process_count=process_count, download=config.download, labelled=config.labelled)
 

@@ -204,6 +204,21 @@ def scene_arrays(split: str, count: int, *, size: int = 96, seed: int = 0) -> tu
     return images, labels
 
 
+def digit_arrays(split: str, size: int = 32, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Every digit of `split` alone on a size x size canvas, drawn as the scenes draw digits (filling
+    the canvas): images (n, size, size, 3) uint8 in `split_digits` order and their classes 0..9. Digit
+    i is drawn with its own generator, independent of the scenes'. Pre-training on these gives a
+    backbone the scenes' digits look familiar to."""
+    _check_split(split)
+    digit_images, digit_labels = split_digits(split)
+    images = np.empty((len(digit_images), size, size, 3), np.uint8)
+    for i, digit in enumerate(digit_images):
+        rng = np.random.RandomState([int(seed), SPLITS.index(split), i, 1])
+        images[i] = make_scene(rng, digit[None], digit_labels[i:i + 1], size=size, digits=(1, 1),
+                               digit_size=(size, size))[0]
+    return images, digit_labels.copy()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Preview
 

@@ -202,14 +202,25 @@ def folder_split(root: str, split: str, *, process_index: int, process_count: in
 # The offline demo dataset: scikit-learn's handwritten digits, upsampled
 
 
-def demo_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+DEMO_DIGIT_STYLES = ("plain", "scene")
+
+
+def demo_arrays(split: str, style: str = "plain") -> tuple[np.ndarray, np.ndarray]:
     """The 1797 8x8 digits shipped inside scikit-learn, upsampled (bicubic) to 32x32 RGB uint8, with a
-    fixed split: 360 test images, 1437 train images."""
+    fixed split: 360 test images, 1437 train images. `style` "plain" draws them white on black, "scene"
+    as the segmentation demo's scenes do (`scenes.digit_arrays`)."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
     if split not in ("train", "test"):
         raise DataError(f"the demo dataset has splits 'train' and 'test', not {split!r}")
+    if style not in DEMO_DIGIT_STYLES:
+        raise DataError(f"config.input.demo_digits={style!r}: expected one of {', '.join(DEMO_DIGIT_STYLES)}")
+    if style == "scene":
+        from swin_jax.data import scenes
+
+        images, labels = scenes.digit_arrays(split, DEMO_IMAGE_SIZE)
+        return images, labels.astype(np.int64)
     digits = load_digits()
     small = np.clip(digits.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
     big = np.stack([np.asarray(Image.fromarray(im).resize((DEMO_IMAGE_SIZE,) * 2, Image.BICUBIC)) for im in small])
@@ -219,10 +230,10 @@ def demo_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
     return images[take], digits.target[take].astype(np.int64)
 
 
-def demo_split(split: str, *, process_index: int, process_count: int, limit: int = 0) -> Split:
-    """The demo digits of `split`; `limit` > 0 keeps the first `limit` of them (a fixed subset: the
-    labelled share of a fine-tuning experiment)."""
-    images, labels = demo_arrays(split)
+def demo_split(split: str, *, process_index: int, process_count: int, limit: int = 0, style: str = "plain") -> Split:
+    """The demo digits of `split` in `style` (`demo_arrays`); `limit` > 0 keeps the first `limit` of them
+    (a fixed subset: the labelled share of a fine-tuning experiment)."""
+    images, labels = demo_arrays(split, style)
     if limit < 0 or limit > len(images):
         raise DataError(f"the demo {split} split has {len(images)} images; cannot keep {limit} of them")
     if limit:
