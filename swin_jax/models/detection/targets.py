@@ -1,0 +1,68 @@
+"""Training targets of the two-stage detectors as mmdet 2.x assigns and samples them, with static shapes:
+ground truth padded to a fixed number of boxes with a validity mask, candidates (anchors or proposals)
+with a validity mask of their own, and sampling as a masked top-k over random priorities instead of
+mmdet's variable-length index lists. Every function is pure and runs under `jax.jit` and `vmap` (one
+image at a time; vmap over the batch).
+
+Assignment codes (mmdet's `assigned_gt_inds`): -1 ignored, 0 negative, k + 1 positive for ground truth k.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from swin_jax.models.detection.boxes import box_iou
+
+IGNORED, NEGATIVE = -1, 0
+
+
+def max_iou_assign(candidates: jnp.ndarray, candidate_valid: jnp.ndarray, gt_boxes: jnp.ndarray,
+                   gt_valid: jnp.ndarray, *, pos_iou: float, neg_iou: float, min_pos_iou: float,
+                   match_low_quality: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """mmdet's MaxIoUAssigner (gt_max_assign_all=True, no ignore_iof): (N,) codes and each candidate's
+    largest IoU with a valid ground-truth box.
+
+    A candidate whose largest IoU is below `neg_iou` is negative, at `pos_iou` or above positive for the
+    box it overlaps most (the first on ties); with `match_low_quality`, every ground-truth box whose best
+    IoU reaches `min_pos_iou` also takes each candidate that attains that best IoU, later boxes winning.
+    Invalid candidates are ignored; with no valid ground truth every valid candidate is negative."""
+    overlaps = jnp.where(gt_valid[:, None] & candidate_valid[None, :], box_iou(gt_boxes, candidates), -1.0)
+    max_overlaps = jnp.max(overlaps, axis=0)
+    argmax = jnp.argmax(overlaps, axis=0)
+    codes = jnp.full(candidates.shape[:1], IGNORED, jnp.int32)
+    codes = jnp.where((max_overlaps >= 0) & (max_overlaps < neg_iou), NEGATIVE, codes)
+    codes = jnp.where(max_overlaps >= pos_iou, argmax + 1, codes)
+    if match_low_quality:
+        gt_max = jnp.max(overlaps, axis=1)
+        takes = (gt_max[:, None] >= min_pos_iou) & (overlaps == gt_max[:, None]) & candidate_valid[None, :]
+        last = jnp.max(jnp.where(takes, jnp.arange(1, gt_boxes.shape[0] + 1)[:, None], 0), axis=0)
+        codes = jnp.where(last > 0, last, codes)
+    no_gt = ~jnp.any(gt_valid)
+    codes = jnp.where(no_gt, jnp.where(candidate_valid, NEGATIVE, IGNORED), codes)
+    return codes, jnp.where(no_gt, 0.0, jnp.maximum(max_overlaps, 0.0))
+
+
+def random_sample(codes: jnp.ndarray, priorities: jnp.ndarray, *, num: int, pos_fraction: float
+                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """mmdet's RandomSampler (neg_pos_ub -1) over assignment codes: up to int(num * pos_fraction)
+    positives, then negatives up to `num` in all, each drawn uniformly without replacement. The draw is
+    the candidates with the highest `priorities` (e.g. `jax.random.uniform`), so a test can replay any
+    choice. Returns (positive, negative) boolean masks over the candidates."""
+    positive, negative = codes > 0, codes == NEGATIVE
+    num_pos = jnp.minimum(jnp.sum(positive), int(num * pos_fraction))
+    pos_mask = _top_k_mask(priorities, positive, num_pos)
+    neg_mask = _top_k_mask(priorities, negative, jnp.minimum(jnp.sum(negative), num - num_pos))
+    return pos_mask, neg_mask
+
+
+def _top_k_mask(priorities: jnp.ndarray, eligible: jnp.ndarray, count: jnp.ndarray) -> jnp.ndarray:
+    """The `count` eligible entries of highest priority (count may be traced), as a mask."""
+    keys = jnp.where(eligible, priorities, -jnp.inf)
+    rank = jnp.argsort(jnp.argsort(-keys, stable=True), stable=True)  # 0 for the highest key
+    return eligible & (rank < count)
+
+
+def sampling_priorities(key: jax.Array, count: int) -> jnp.ndarray:
+    """Uniform priorities for `random_sample`: the candidates a draw keeps are those it ranks highest."""
+    return jax.random.uniform(key, (count,))

@@ -1,0 +1,126 @@
+"""Detection training targets against a NumPy transcription of mmdet 2.x's MaxIoUAssigner and
+RandomSampler (variable-length, loop by loop), on padded inputs: random boxes, ties, a ground-truth box
+no candidate reaches the positive threshold for, no objects, every candidate padded."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from swin_jax.models.detection import targets
+
+RPN = dict(pos_iou=0.7, neg_iou=0.3, min_pos_iou=0.3, match_low_quality=True)
+RCNN = dict(pos_iou=0.5, neg_iou=0.5, min_pos_iou=0.5, match_low_quality=False)
+
+
+def iou(a, b):
+    """(len(a), len(b)) IoU of x1y1x2y2 boxes, float64."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, np.finfo(np.float32).eps)
+
+
+def mmdet_assign(candidates, gts, pos_iou, neg_iou, min_pos_iou, match_low_quality):
+    """MaxIoUAssigner.assign_wrt_overlaps on the valid boxes only, as mmdet writes it."""
+    num_gts, num_boxes = len(gts), len(candidates)
+    assigned = np.full(num_boxes, -1, np.int64)
+    if num_gts == 0 or num_boxes == 0:
+        if num_gts == 0:
+            assigned[:] = 0
+        return assigned, np.zeros(num_boxes)
+    overlaps = iou(gts, candidates)
+    max_overlaps, argmax_overlaps = overlaps.max(0), overlaps.argmax(0)
+    gt_max_overlaps = overlaps.max(1)
+    assigned[(max_overlaps >= 0) & (max_overlaps < neg_iou)] = 0
+    pos = max_overlaps >= pos_iou
+    assigned[pos] = argmax_overlaps[pos] + 1
+    if match_low_quality:
+        for i in range(num_gts):
+            if gt_max_overlaps[i] >= min_pos_iou:
+                assigned[overlaps[i, :] == gt_max_overlaps[i]] = i + 1
+    return assigned, max_overlaps
+
+
+def mmdet_sample(assigned, priorities, num, pos_fraction):
+    """RandomSampler with its random choice replayed as 'the highest priorities'."""
+    def choose(inds, count):
+        return inds if len(inds) <= count else inds[np.argsort(-priorities[inds], kind="stable")[:count]]
+    pos = choose(np.nonzero(assigned > 0)[0], int(num * pos_fraction))
+    neg = choose(np.nonzero(assigned == 0)[0], num - len(pos))
+    return pos, neg
+
+
+def random_boxes(rng, n, size=100.0):
+    xy = rng.uniform(0, size * 0.8, (n, 2))
+    wh = rng.uniform(4, size * 0.4, (n, 2))
+    return np.concatenate([xy, xy + wh], 1).astype(np.float32)
+
+
+def check(candidates, cand_valid, gts, gt_valid, rules):
+    got_codes, got_max = jax.jit(lambda *a: targets.max_iou_assign(*a, **rules))(candidates, cand_valid, gts, gt_valid)
+    got_codes, got_max = np.asarray(got_codes), np.asarray(got_max)
+    valid_gt_index = np.nonzero(gt_valid)[0]
+    want_codes, want_max = mmdet_assign(candidates[cand_valid], gts[gt_valid], **rules)
+    # mmdet numbers the valid boxes 1..G; ours numbers the padded slots
+    if len(valid_gt_index):
+        want_codes = np.where(want_codes > 0, valid_gt_index[np.maximum(want_codes - 1, 0)] + 1, want_codes)
+    np.testing.assert_array_equal(got_codes[cand_valid], want_codes)
+    assert np.all(got_codes[~cand_valid] == targets.IGNORED)
+    np.testing.assert_allclose(got_max[cand_valid], want_max, rtol=1e-6, atol=1e-7)
+    return got_codes
+
+
+@pytest.mark.parametrize("rules", [RPN, RCNN], ids=["rpn", "rcnn"])
+def test_random_boxes_with_padding(rules):
+    rng = np.random.RandomState(0)
+    for trial in range(5):
+        gts = random_boxes(rng, 8)
+        near = gts[rng.randint(0, 8, 60)] + rng.normal(0, 3, (60, 4)).astype(np.float32)  # some overlap well
+        candidates = np.concatenate([random_boxes(rng, 240), near])
+        cand_valid = rng.uniform(size=300) < 0.9
+        gt_valid = np.arange(8) < rng.randint(1, 9)
+        gt_valid = rng.permutation(gt_valid)  # padding anywhere, not only at the end
+        codes = check(candidates, cand_valid, gts, gt_valid, rules)
+        assert (codes > 0).any() and (codes == 0).any()
+
+
+def test_ties_and_a_box_no_candidate_reaches():
+    """Two identical ground-truth boxes: the positive goes to the first (argmax), a low-quality match to
+    the later one (mmdet's loop overwrites); a small box whose best IoU is below 0.7 but above 0.3 takes
+    every candidate attaining that best IoU."""
+    gts = np.array([[10, 10, 50, 50], [10, 10, 50, 50], [70, 70, 78, 78], [0, 0, 1, 1]], np.float32)
+    candidates = np.array([[10, 10, 50, 50], [12, 12, 52, 52], [68, 68, 80, 80], [66, 66, 82, 82],
+                           [68, 68, 80, 80], [90, 0, 99, 9], [0, 0, 0, 0]], np.float32)
+    gt_valid = np.array([True, True, True, False])
+    cand_valid = np.array([True] * 6 + [False])
+    codes = check(candidates, cand_valid, gts, gt_valid, RPN)
+    assert codes[0] == 2  # the exact match: positive for box 1 (argmax), then low quality for box 2
+    assert codes[2] == codes[4] == 3 and 0.3 <= 64 / 144 < 0.7  # both attain box 3's best IoU
+    no_low_quality = check(candidates, cand_valid, gts, gt_valid, RCNN)
+    assert no_low_quality[0] == 1 and no_low_quality[2] == 0
+
+
+def test_no_objects_and_all_padded():
+    rng = np.random.RandomState(1)
+    candidates, gts = random_boxes(rng, 20), random_boxes(rng, 4)
+    valid = np.arange(20) < 15
+    codes = check(candidates, valid, gts, np.zeros(4, bool), RPN)  # no objects: every valid one negative
+    assert np.all(codes[:15] == 0) and np.all(codes[15:] == -1)
+    codes = check(candidates, np.zeros(20, bool), gts, np.ones(4, bool), RPN)  # every candidate padded
+    assert np.all(codes == -1)
+
+
+@pytest.mark.parametrize("num,pos_fraction", [(256, 0.5), (512, 0.25), (16, 0.25)])
+def test_sampling_replays_mmdet_choices(num, pos_fraction):
+    rng = np.random.RandomState(num)
+    for n_pos, n_neg in ((3, 1000), (400, 1000), (400, 20), (0, 50), (0, 0)):
+        codes = rng.permutation(np.concatenate([rng.randint(1, 5, n_pos), np.zeros(n_neg, int),
+                                                np.full(1600 - n_pos - n_neg, -1)])).astype(np.int32)
+        priorities = jax.random.uniform(jax.random.key(n_pos + n_neg), (1600,))
+        pos, neg = jax.jit(lambda c, p: targets.random_sample(c, p, num=num, pos_fraction=pos_fraction))(codes, priorities)
+        want_pos, want_neg = mmdet_sample(codes, np.asarray(priorities), num, pos_fraction)
+        np.testing.assert_array_equal(np.nonzero(np.asarray(pos))[0], np.sort(want_pos))
+        np.testing.assert_array_equal(np.nonzero(np.asarray(neg))[0], np.sort(want_neg))
+        assert int(pos.sum()) + int(neg.sum()) == min(num, len(want_pos) + len(want_neg))
