@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
-from swin_jax.models.detection.boxes import box_iou
+from swin_jax.models.detection.boxes import box_iou, encode_deltas
 
 IGNORED, NEGATIVE = -1, 0
 
@@ -66,3 +67,35 @@ def _top_k_mask(priorities: jnp.ndarray, eligible: jnp.ndarray, count: jnp.ndarr
 def sampling_priorities(key: jax.Array, count: int) -> jnp.ndarray:
     """Uniform priorities for `random_sample`: the candidates a draw keeps are those it ranks highest."""
     return jax.random.uniform(key, (count,))
+
+
+# ---- the RPN's targets and loss (mmdet's AnchorHead.get_targets and loss with RPNHead's config) -------
+
+RPN_ASSIGN = dict(pos_iou=0.7, neg_iou=0.3, min_pos_iou=0.3, match_low_quality=True)
+RPN_SAMPLE = dict(num=256, pos_fraction=0.5)
+
+
+def rpn_targets(anchors: jnp.ndarray, gt_boxes: jnp.ndarray, gt_valid: jnp.ndarray, priorities: jnp.ndarray,
+                anchor_valid: jnp.ndarray | None = None) -> dict[str, jnp.ndarray]:
+    """One image's RPN targets over its (A, 4) anchors (every level, concatenated): `objectness` 1 for a
+    sampled positive, 0 otherwise; `weight` 1 for every sampled anchor; `deltas` (A, 4) from each
+    positive anchor to its box (stds 1) and `box_weight` 1 for positives; the sampled counts."""
+    valid = jnp.ones(anchors.shape[:1], bool) if anchor_valid is None else anchor_valid
+    codes, _ = max_iou_assign(anchors, valid, gt_boxes, gt_valid, **RPN_ASSIGN)
+    positive, negative = random_sample(codes, priorities, **RPN_SAMPLE)
+    matched = gt_boxes[jnp.maximum(codes - 1, 0)]
+    deltas = jnp.where(positive[:, None], encode_deltas(anchors, jnp.where(positive[:, None], matched, anchors)), 0.0)
+    return {"objectness": positive.astype(jnp.float32), "weight": (positive | negative).astype(jnp.float32),
+            "deltas": deltas, "box_weight": positive.astype(jnp.float32),
+            "num_pos": jnp.sum(positive), "num_neg": jnp.sum(negative)}
+
+
+def rpn_loss(logits: jnp.ndarray, deltas: jnp.ndarray, targets: dict[str, jnp.ndarray]) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """mmdet's RPN losses over a batch: (B, A) objectness logits and (B, A, 4) deltas against `rpn_targets`
+    vmapped over the images. Sigmoid cross entropy and L1, each summed over the sampled anchors and divided
+    by the batch's sum over images of max(positives, 1) + max(negatives, 1), as mmdet's avg_factor."""
+    average = jnp.sum(jnp.maximum(targets["num_pos"], 1) + jnp.maximum(targets["num_neg"], 1)).astype(jnp.float32)
+    bce = optax.sigmoid_binary_cross_entropy(logits, targets["objectness"])
+    loss_cls = jnp.sum(bce * targets["weight"]) / average
+    loss_box = jnp.sum(jnp.abs(deltas - targets["deltas"]) * targets["box_weight"][..., None]) / average
+    return loss_cls, loss_box
