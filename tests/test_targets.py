@@ -184,3 +184,58 @@ def test_rpn_targets_and_loss_match_mmdet():
     average = totals[0] + totals[1]
     np.testing.assert_allclose(float(loss_cls), float(cls_sum / average), rtol=1e-5)
     np.testing.assert_allclose(float(loss_box), float(box_sum / average), rtol=1e-5)
+
+
+@pytest.mark.parametrize("num", [512, 64])
+def test_rcnn_targets_and_loss_match_mmdet(num):
+    """Proposals with padding, the ground truth added as proposals (assigned to itself), sampled 512 at
+    0.25 positive (and 64: more candidates than slots), targets with stds (0.1, 0.1, 0.2, 0.2), and the
+    losses: softmax cross entropy over the sampled RoIs and class-specific L1 over the positives, against
+    mmdet's rules in PyTorch."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.RandomState(num)
+    classes, g, p = 7, 6, 300
+    gts = random_boxes(rng, g)
+    gt_valid = np.array([True, False, True, True, False, True])
+    gt_labels = rng.randint(0, classes, g).astype(np.int32)
+    near = gts[rng.choice(np.nonzero(gt_valid)[0], 120)] + rng.normal(0, 4, (120, 4)).astype(np.float32)
+    proposals = np.concatenate([random_boxes(rng, p - 120), near]).astype(np.float32)
+    proposals[:, 2:] = np.maximum(proposals[:, 2:], proposals[:, :2] + 1)
+    proposal_valid = rng.uniform(size=p) < 0.95
+    priorities = jax.random.uniform(jax.random.key(num), (g + p,))
+    got = jax.jit(lambda *a: targets.rcnn_targets(*a, classes, num=num))(
+        proposals, proposal_valid, gts, gt_labels, gt_valid, priorities)
+
+    gi, pi = np.nonzero(gt_valid)[0], np.nonzero(proposal_valid)[0]
+    candidates = np.concatenate([gts[gi], proposals[pi]])
+    prio = np.concatenate([np.asarray(priorities)[gi], np.asarray(priorities)[g + pi]])
+    assigned_props, _ = mmdet_assign(proposals[pi], gts[gi], **RCNN)
+    assigned = np.concatenate([np.arange(1, len(gi) + 1), assigned_props])  # add_gt_as_proposals
+    pos, neg = mmdet_sample(assigned, prio, num, 0.25)
+    pos, neg = (s[np.argsort(-prio[s], kind="stable")] for s in (pos, neg))  # our slots' order; losses ignore it
+    n_pos, n_neg = len(pos), len(neg)
+    assert n_pos > 10 and n_neg > 10
+    np.testing.assert_array_equal(np.asarray(got["positive"]), np.arange(num) < n_pos)
+    np.testing.assert_array_equal(np.asarray(got["sampled"]), np.arange(num) < n_pos + n_neg)
+    sampled = np.concatenate([pos, neg])
+    np.testing.assert_array_equal(np.asarray(got["rois"])[:n_pos + n_neg], candidates[sampled])
+    labels = np.full(n_pos + n_neg, classes)
+    labels[:n_pos] = gt_labels[gi][assigned[pos] - 1]
+    np.testing.assert_array_equal(np.asarray(got["labels"])[:n_pos + n_neg], labels)
+    want_deltas = (torch_bbox2delta(candidates[pos], gts[gi][assigned[pos] - 1])
+                   / torch.tensor([0.1, 0.1, 0.2, 0.2], dtype=torch.float64))
+    np.testing.assert_allclose(np.asarray(got["deltas"])[:n_pos], want_deltas.numpy(), rtol=1e-5, atol=1e-5)
+
+    logits = rng.randn(num, classes + 1).astype(np.float32)
+    deltas = (0.5 * rng.randn(num, 4 * classes)).astype(np.float32)
+    batched = jax.tree.map(lambda t: t[None], got)
+    loss_cls, loss_box = targets.rcnn_loss(jnp.asarray(logits)[None], jnp.asarray(deltas)[None], batched)
+    k = n_pos + n_neg
+    t_labels = torch.as_tensor(labels)
+    want_cls = F.cross_entropy(torch.as_tensor(logits[:k], dtype=torch.float64), t_labels, reduction="sum") / k
+    pred = torch.as_tensor(deltas[:n_pos], dtype=torch.float64).view(n_pos, classes, 4)[torch.arange(n_pos), t_labels[:n_pos]]
+    want_box = (pred - want_deltas).abs().sum() / k
+    np.testing.assert_allclose(float(loss_cls), float(want_cls), rtol=1e-5)
+    np.testing.assert_allclose(float(loss_box), float(want_box), rtol=1e-5)

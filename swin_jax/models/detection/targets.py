@@ -99,3 +99,61 @@ def rpn_loss(logits: jnp.ndarray, deltas: jnp.ndarray, targets: dict[str, jnp.nd
     loss_cls = jnp.sum(bce * targets["weight"]) / average
     loss_box = jnp.sum(jnp.abs(deltas - targets["deltas"]) * targets["box_weight"][..., None]) / average
     return loss_cls, loss_box
+
+
+# ---- the box head's targets and loss (mmdet's BBoxHead.get_targets and loss, Shared2FCBBoxHead) ------
+
+RCNN_ASSIGN = dict(pos_iou=0.5, neg_iou=0.5, min_pos_iou=0.5, match_low_quality=False)
+RCNN_SAMPLE = dict(num=512, pos_fraction=0.25)
+RCNN_STDS = (0.1, 0.1, 0.2, 0.2)
+
+
+def rcnn_targets(proposals: jnp.ndarray, proposal_valid: jnp.ndarray, gt_boxes: jnp.ndarray, gt_labels: jnp.ndarray,
+                 gt_valid: jnp.ndarray, priorities: jnp.ndarray, num_classes: int, *, num: int = RCNN_SAMPLE["num"],
+                 pos_fraction: float = RCNN_SAMPLE["pos_fraction"], stds=RCNN_STDS, assign=None) -> dict[str, jnp.ndarray]:
+    """One image's sampled RoIs and their targets, `num` slots: the ground truth joins the proposals as
+    candidates (first, assigned to itself, as mmdet's add_gt_as_proposals), the candidates are assigned
+    and sampled, and the sampled ones fill the slots positives first. Returns `rois` (num, 4), `labels`
+    (the class of a positive, `num_classes` for a negative), `sampled` and `positive` masks over the
+    slots, `deltas` (num, 4) from each positive RoI to its box, and `gt_index` of each positive.
+    `priorities` covers the G + P candidates."""
+    rules = RCNN_ASSIGN if assign is None else assign
+    short = max(num - gt_boxes.shape[0] - proposals.shape[0], 0)  # fewer candidates than slots: pad them
+    candidates = jnp.concatenate([gt_boxes, proposals, jnp.zeros((short, 4), proposals.dtype)])
+    valid = jnp.concatenate([gt_valid, proposal_valid, jnp.zeros((short,), bool)])
+    priorities = jnp.concatenate([priorities, jnp.zeros((short,), priorities.dtype)])
+    codes, _ = max_iou_assign(candidates, valid, gt_boxes, gt_valid, **rules)
+    own = jnp.arange(1, gt_boxes.shape[0] + 1)
+    codes = codes.at[:gt_boxes.shape[0]].set(jnp.where(gt_valid, own, IGNORED))
+    positive, negative = random_sample(codes, priorities, num=num, pos_fraction=pos_fraction)
+    # slots: positives (by priority), then negatives (by priority), then the rest
+    order = jnp.lexsort((-priorities, jnp.where(positive, 0, jnp.where(negative, 1, 2))))[:num]
+    slot_positive, slot_sampled = positive[order], (positive | negative)[order]
+    rois = candidates[order]
+    gt_index = jnp.maximum(codes[order] - 1, 0)
+    labels = jnp.where(slot_positive, gt_labels[gt_index], num_classes)
+    matched = jnp.where(slot_positive[:, None], gt_boxes[gt_index], rois)
+    safe_rois = jnp.where(slot_sampled[:, None], rois, jnp.array([0.0, 0.0, 1.0, 1.0], rois.dtype))
+    deltas = jnp.where(slot_positive[:, None], encode_deltas(safe_rois, jnp.where(slot_sampled[:, None], matched, safe_rois),
+                                                             stds=stds), 0.0)
+    return {"rois": rois, "labels": labels, "sampled": slot_sampled, "positive": slot_positive, "deltas": deltas,
+            "gt_index": gt_index}
+
+
+def rcnn_loss(class_logits: jnp.ndarray, box_deltas: jnp.ndarray, targets: dict[str, jnp.ndarray]
+              ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """mmdet's box-head losses over a batch of sampled RoIs: (B, num, classes + 1) logits and
+    (B, num, 4 * classes) class-specific deltas (or (B, num, 4) class-agnostic). Softmax cross entropy
+    over the sampled RoIs divided by their count; L1 on each positive's deltas for its class, divided by
+    the number of sampled RoIs (mmdet's avg_factor bbox_targets.size(0))."""
+    sampled = targets["sampled"].astype(jnp.float32)
+    count = jnp.maximum(jnp.sum(sampled), 1.0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(class_logits, targets["labels"])
+    loss_cls = jnp.sum(ce * sampled) / count
+    if box_deltas.shape[-1] != 4:
+        per_class = box_deltas.reshape(*box_deltas.shape[:-1], -1, 4)
+        label = jnp.minimum(targets["labels"], per_class.shape[-2] - 1)
+        box_deltas = jnp.take_along_axis(per_class, label[..., None, None], axis=-2)[..., 0, :]
+    l1 = jnp.sum(jnp.abs(box_deltas - targets["deltas"]), axis=-1)
+    loss_box = jnp.sum(l1 * targets["positive"]) / count
+    return loss_cls, loss_box
