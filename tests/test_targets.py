@@ -239,3 +239,37 @@ def test_rcnn_targets_and_loss_match_mmdet(num):
     want_box = (pred - want_deltas).abs().sum() / k
     np.testing.assert_allclose(float(loss_cls), float(want_cls), rtol=1e-5)
     np.testing.assert_allclose(float(loss_box), float(want_box), rtol=1e-5)
+
+
+def test_mask_targets_and_loss_match_mmdet():
+    """Each positive RoI's 28x28 target cut from its own instance mask by torchvision's RoIAlign (aligned,
+    sampling_ratio 0, as mmdet's BitmapMasks.crop_and_resize) and binarised at 0.5; the loss of each RoI's
+    class map against it, averaged over the positives' pixels; padded slots count nothing."""
+    import torch
+    import torch.nn.functional as F
+    from torchvision.ops import roi_align as tv_roi_align
+    from swin_jax.models.detection.roi_align import crop_and_resize
+
+    rng = np.random.RandomState(0)
+    masks = np.zeros((3, 40, 56), np.float32)
+    masks[0, 5:30, 4:20] = 1
+    masks[1, 10:38, 25:54] = rng.uniform(size=(28, 29)) > 0.3
+    masks[2, 0:12, 40:56] = 1
+    rois = np.array([[3, 4, 21, 31], [24.5, 9.2, 55, 39], [38, 0, 56, 13.7], [2, 2, 50, 35], [0, 0, 1, 1]], np.float32)
+    gt_index = np.array([0, 1, 2, 1, 0], np.int32)
+    positive = np.array([1, 1, 1, 1, 0], np.float32)
+    labels = np.array([2, 0, 4, 4, 1], np.int32)
+    got = np.asarray(jax.jit(targets.mask_targets)(masks, rois, gt_index))
+    boxes = torch.cat([torch.arange(5, dtype=torch.float32)[:, None], torch.from_numpy(rois)], 1)
+    cut = tv_roi_align(torch.from_numpy(masks[gt_index])[:, None], boxes, (28, 28), 1.0, 0, True)[:, 0]
+    np.testing.assert_allclose(crop_and_resize(masks, gt_index, rois, 28), cut.numpy(), rtol=0, atol=1e-6)
+    want = cut >= 0.5
+    decided = np.abs(cut.numpy() - 0.5) > 1e-5  # a bin averaging to exactly one half may round either way
+    np.testing.assert_array_equal(got[decided], want.numpy()[decided].astype(np.float32))
+    assert 0 < got[:4].mean() < 1
+
+    logits = rng.randn(5, 28, 28, 5).astype(np.float32)
+    loss = targets.mask_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(got), jnp.asarray(positive))
+    pred = torch.from_numpy(logits).permute(0, 3, 1, 2)[torch.arange(4), torch.from_numpy(labels[:4]).long()]
+    want_loss = F.binary_cross_entropy_with_logits(pred.double(), torch.from_numpy(got[:4]).double(), reduction="mean")
+    np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-5)

@@ -93,3 +93,27 @@ def multilevel_roi_align(features: Sequence[jnp.ndarray], boxes: jnp.ndarray, ou
         pooled = roi_align(level_map, boxes, output_size, 1.0 / stride, sampling_ratio, chunk=chunk)
         out = jnp.where((levels == i)[:, None, None, None], pooled, out)
     return out
+
+
+def crop_and_resize(masks: jnp.ndarray, index: jnp.ndarray, boxes: jnp.ndarray, output_size: int,
+                    chunk: int = 32) -> jnp.ndarray:
+    """mmdet's BitmapMasks.crop_and_resize (before binarising): box r of the (R, 4) boxes cut from mask
+    index[r] of the (G, H, W) masks by RoIAlign (aligned, sampling_ratio 0, scale 1) -> (R, output_size,
+    output_size) float32. Each box reads only its own mask; `chunk` boxes at a time."""
+    masks = jnp.asarray(masks)
+    _, height, width = masks.shape
+    start_x, start_y, end_x, end_y = (boxes[:, i] - 0.5 for i in range(4))
+    rows = _axis_weights(start_y, end_y - start_y, output_size, height, 0)
+    cols = _axis_weights(start_x, end_x - start_x, output_size, width, 0)
+
+    def interpolate(args):
+        a, b, i = args
+        return jnp.einsum("rph,rhw,rqw->rpq", a, masks[i].astype(jnp.float32), b, precision=_HIGHEST)
+
+    count = boxes.shape[0]
+    chunk = max(1, min(chunk, count))
+    pad = -count % chunk
+    rows = jnp.pad(rows, ((0, pad), (0, 0), (0, 0))).reshape(-1, chunk, output_size, height)
+    cols = jnp.pad(cols, ((0, pad), (0, 0), (0, 0))).reshape(-1, chunk, output_size, width)
+    index = jnp.pad(index, (0, pad)).reshape(-1, chunk)
+    return jax.lax.map(interpolate, (rows, cols, index)).reshape(-1, output_size, output_size)[:count]

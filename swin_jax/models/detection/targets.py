@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from swin_jax.models.detection.boxes import box_iou, encode_deltas
+from swin_jax.models.detection.roi_align import crop_and_resize
 
 IGNORED, NEGATIVE = -1, 0
 
@@ -157,3 +158,20 @@ def rcnn_loss(class_logits: jnp.ndarray, box_deltas: jnp.ndarray, targets: dict[
     l1 = jnp.sum(jnp.abs(box_deltas - targets["deltas"]), axis=-1)
     loss_box = jnp.sum(l1 * targets["positive"]) / count
     return loss_cls, loss_box
+
+
+# ---- the mask head's targets and loss (mmdet's FCNMaskHead.get_targets and loss) -----------------------
+
+def mask_targets(gt_masks: jnp.ndarray, rois: jnp.ndarray, gt_index: jnp.ndarray, size: int = 28) -> jnp.ndarray:
+    """(K, size, size) binary targets of K positive RoIs: each RoI's box cut from its ground-truth instance
+    mask (G, H, W) by RoIAlign and thresholded at 0.5 (mmdet's mask_target with binarize=True)."""
+    return (crop_and_resize(gt_masks, gt_index, rois, size) >= 0.5).astype(jnp.float32)
+
+
+def mask_loss(mask_logits: jnp.ndarray, labels: jnp.ndarray, targets: jnp.ndarray, positive: jnp.ndarray) -> jnp.ndarray:
+    """mmdet's mask_cross_entropy: (..., K, S, S, classes) logits (`MaskHead`'s), each positive RoI's map
+    of its class against its (..., K, S, S) target, binary cross entropy averaged over every positive's
+    pixels."""
+    own = jnp.take_along_axis(mask_logits, labels[..., None, None, None], axis=-1)[..., 0]
+    bce = optax.sigmoid_binary_cross_entropy(own, targets).mean(axis=(-1, -2))
+    return jnp.sum(bce * positive) / jnp.maximum(jnp.sum(positive), 1)
