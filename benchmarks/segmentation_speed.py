@@ -26,15 +26,33 @@ import time
 import numpy as np
 
 
+def our_model(size: int, conv_impl: str):
+    """swin_jax's UPerNet Swin-T (150 classes) and its initial variables."""
+    import jax
+    import jax.numpy as jnp
+
+    import swin_jax
+
+    model = swin_jax.create_model("upernet_swin_tiny", conv_impl=conv_impl)
+    return model, jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+
+
+def huggingface_model():
+    """Hugging Face's UperNet with the Swin-T backbone of the official ADE20K config, random weights."""
+    from transformers import SwinConfig, UperNetConfig, UperNetForSemanticSegmentation
+
+    backbone = SwinConfig(image_size=224, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
+                          drop_path_rate=0.3, out_features=["stage1", "stage2", "stage3", "stage4"], hidden_act="gelu",
+                          layer_norm_eps=1e-5)
+    return UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, num_labels=150, loss_ignore_index=255))
+
+
 def build_ours(size: int, batch: int, conv_impl: str = "auto"):
     import jax
     import jax.numpy as jnp
     import optax
 
-    import swin_jax
-
-    model = swin_jax.create_model("upernet_swin_tiny", conv_impl=conv_impl)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    model, variables = our_model(size, conv_impl)
     optimizer = optax.adamw(6e-5, weight_decay=0.01)
     state = (variables["params"], variables["batch_stats"], optimizer.init(variables["params"]))
 
@@ -74,12 +92,8 @@ def build_ours(size: int, batch: int, conv_impl: str = "auto"):
 
 def build_huggingface(size: int, batch: int):
     import torch
-    from transformers import SwinConfig, UperNetConfig, UperNetForSemanticSegmentation
 
-    backbone = SwinConfig(image_size=224, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
-                          drop_path_rate=0.3, out_features=["stage1", "stage2", "stage3", "stage4"], hidden_act="gelu",
-                          layer_norm_eps=1e-5)
-    model = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, num_labels=150, loss_ignore_index=255))
+    model = huggingface_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=6e-5, weight_decay=0.01)
     rng = np.random.RandomState(0)
     images = torch.from_numpy(rng.randn(batch, 3, size, size).astype(np.float32))
@@ -115,11 +129,9 @@ def ours_parts(size: int, batch: int, conv_impl: str = "auto"):
     import jax
     import jax.numpy as jnp
 
-    import swin_jax
     from swin_jax.models import layers
 
-    model = swin_jax.create_model("upernet_swin_tiny", conv_impl=conv_impl)
-    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    model, variables = our_model(size, conv_impl)
     params, stats = variables["params"], variables["batch_stats"]
     rng = np.random.RandomState(0)
     images = jnp.asarray(rng.randn(batch, size, size, 3).astype(np.float32))
@@ -157,12 +169,7 @@ def ours_parts(size: int, batch: int, conv_impl: str = "auto"):
 def huggingface_parts(size: int, batch: int):
     import torch
 
-    from transformers import SwinConfig, UperNetConfig, UperNetForSemanticSegmentation
-
-    backbone = SwinConfig(image_size=224, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
-                          drop_path_rate=0.3, out_features=["stage1", "stage2", "stage3", "stage4"], hidden_act="gelu",
-                          layer_norm_eps=1e-5)
-    model = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=backbone, num_labels=150, loss_ignore_index=255))
+    model = huggingface_model()
     rng = np.random.RandomState(0)
     images = torch.from_numpy(rng.randn(batch, 3, size, size).astype(np.float32))
     with torch.no_grad():

@@ -58,7 +58,7 @@ def roi_align(features: jnp.ndarray, boxes: jnp.ndarray, output_size: int, spati
               sampling_ratio: int = 0, aligned: bool = True, chunk: int = 128) -> jnp.ndarray:
     """mmcv's RoIAlign (avg) of one image: (H, W, C) features, (R, 4) boxes in image pixels ->
     (R, output_size, output_size, C). `chunk` RoIs are interpolated at a time (memory, not results)."""
-    height, width, channels = features.shape
+    height, width, _ = features.shape
     offset = 0.5 if aligned else 0.0
     start_x, start_y, end_x, end_y = (boxes[:, i] * spatial_scale - offset for i in range(4))
     roi_w, roi_h = end_x - start_x, end_y - start_y
@@ -73,13 +73,18 @@ def roi_align(features: jnp.ndarray, boxes: jnp.ndarray, output_size: int, spati
         t = jnp.einsum("rph,hwc->rpwc", a, features, precision=_HIGHEST)
         return jnp.einsum("rpwc,rqw->rpqc", t, b, precision=_HIGHEST)
 
-    count = boxes.shape[0]
+    return _map_in_chunks(interpolate, (rows, cols), chunk)
+
+
+def _map_in_chunks(fn, per_box: tuple, chunk: int) -> jnp.ndarray:
+    """fn over `chunk` boxes at a time (jax.lax.map, for memory): `per_box` arrays share a leading box
+    axis, padded to a multiple of `chunk`; the results concatenated, padding dropped."""
+    count = per_box[0].shape[0]
     chunk = max(1, min(chunk, count))
     pad = -count % chunk
-    rows = jnp.pad(rows, ((0, pad), (0, 0), (0, 0))).reshape(-1, chunk, output_size, height)
-    cols = jnp.pad(cols, ((0, pad), (0, 0), (0, 0))).reshape(-1, chunk, output_size, width)
-    out = jax.lax.map(interpolate, (rows, cols))
-    return out.reshape(-1, output_size, output_size, channels)[:count]
+    per_box = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(-1, chunk, *a.shape[1:]) for a in per_box)
+    out = jax.lax.map(fn, per_box)
+    return out.reshape(-1, *out.shape[2:])[:count]
 
 
 def multilevel_roi_align(features: Sequence[jnp.ndarray], boxes: jnp.ndarray, output_size: int,
@@ -110,10 +115,4 @@ def crop_and_resize(masks: jnp.ndarray, index: jnp.ndarray, boxes: jnp.ndarray, 
         a, b, i = args
         return jnp.einsum("rph,rhw,rqw->rpq", a, masks[i].astype(jnp.float32), b, precision=_HIGHEST)
 
-    count = boxes.shape[0]
-    chunk = max(1, min(chunk, count))
-    pad = -count % chunk
-    rows = jnp.pad(rows, ((0, pad), (0, 0), (0, 0))).reshape(-1, chunk, output_size, height)
-    cols = jnp.pad(cols, ((0, pad), (0, 0), (0, 0))).reshape(-1, chunk, output_size, width)
-    index = jnp.pad(index, (0, pad)).reshape(-1, chunk)
-    return jax.lax.map(interpolate, (rows, cols, index)).reshape(-1, output_size, output_size)[:count]
+    return _map_in_chunks(interpolate, (rows, cols, jnp.asarray(index)), chunk)

@@ -133,10 +133,10 @@ def rcnn_targets(proposals: jnp.ndarray, proposal_valid: jnp.ndarray, gt_boxes: 
     rois = candidates[order]
     gt_index = jnp.maximum(codes[order] - 1, 0)
     labels = jnp.where(slot_positive, gt_labels[gt_index], num_classes)
-    matched = jnp.where(slot_positive[:, None], gt_boxes[gt_index], rois)
-    safe_rois = jnp.where(slot_sampled[:, None], rois, jnp.array([0.0, 0.0, 1.0, 1.0], rois.dtype))
-    deltas = jnp.where(slot_positive[:, None], encode_deltas(safe_rois, jnp.where(slot_sampled[:, None], matched, safe_rois),
-                                                             stds=stds), 0.0)
+    unit = jnp.array([0.0, 0.0, 1.0, 1.0], rois.dtype)  # stands in for the rest, whose padding has no width
+    source = jnp.where(slot_positive[:, None], rois, unit)
+    target = jnp.where(slot_positive[:, None], gt_boxes[gt_index], unit)
+    deltas = jnp.where(slot_positive[:, None], encode_deltas(source, target, stds=stds), 0.0)
     return {"rois": rois, "labels": labels, "sampled": slot_sampled, "positive": slot_positive, "deltas": deltas,
             "gt_index": gt_index}
 
