@@ -10,7 +10,8 @@ import pytest
 from swin_jax.models.detection import targets
 
 RPN = dict(pos_iou=0.7, neg_iou=0.3, min_pos_iou=0.3, match_low_quality=True)
-RCNN = dict(pos_iou=0.5, neg_iou=0.5, min_pos_iou=0.5, match_low_quality=False)
+RCNN = dict(pos_iou=0.5, neg_iou=0.5, min_pos_iou=0.5, match_low_quality=True)  # Mask R-CNN's
+CASCADE_2 = dict(pos_iou=0.6, neg_iou=0.6, min_pos_iou=0.6, match_low_quality=False)  # the second stage's
 
 
 def iou(a, b):
@@ -98,7 +99,7 @@ def test_ties_and_a_box_no_candidate_reaches():
     codes = check(candidates, cand_valid, gts, gt_valid, RPN)
     assert codes[0] == 2  # the exact match: positive for box 1 (argmax), then low quality for box 2
     assert codes[2] == codes[4] == 3 and 0.3 <= 64 / 144 < 0.7  # both attain box 3's best IoU
-    no_low_quality = check(candidates, cand_valid, gts, gt_valid, RCNN)
+    no_low_quality = check(candidates, cand_valid, gts, gt_valid, dict(RCNN, match_low_quality=False))
     assert no_low_quality[0] == 1 and no_low_quality[2] == 0
 
 
@@ -135,6 +136,29 @@ def torch_bbox2delta(anchors, gts):
     return torch.stack([((g[:, 0] + g[:, 2]) - (p[:, 0] + p[:, 2])) * 0.5 / pw,
                         ((g[:, 1] + g[:, 3]) - (p[:, 1] + p[:, 3])) * 0.5 / ph,
                         torch.log(gw / pw), torch.log(gh / ph)], 1)
+
+
+def torch_delta2bbox(rois, deltas):
+    """mmdet's delta2bbox (means 0, deltas already multiplied by the stds, no max_shape), float64."""
+    import torch
+    r, d = torch.as_tensor(rois, dtype=torch.float64), deltas
+    clip = abs(np.log(16 / 1000))
+    px, py, pw, ph = (r[:, 0] + r[:, 2]) * 0.5, (r[:, 1] + r[:, 3]) * 0.5, r[:, 2] - r[:, 0], r[:, 3] - r[:, 1]
+    gw, gh = pw * d[:, 2].clamp(-clip, clip).exp(), ph * d[:, 3].clamp(-clip, clip).exp()
+    gx, gy = px + pw * d[:, 0], py + ph * d[:, 1]
+    return torch.stack([gx - gw * 0.5, gy - gh * 0.5, gx + gw * 0.5, gy + gh * 0.5], 1)
+
+
+def torch_giou(a, b, eps=1e-6):
+    """mmdet's bbox_overlaps(mode="giou", is_aligned=True), float64."""
+    import torch
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+    wh = (torch.min(a[:, 2:], b[:, 2:]) - torch.max(a[:, :2], b[:, :2])).clamp(min=0)
+    overlap = wh[:, 0] * wh[:, 1]
+    union = torch.clamp(area(a) + area(b) - overlap, min=eps)
+    ewh = (torch.max(a[:, 2:], b[:, 2:]) - torch.min(a[:, :2], b[:, :2])).clamp(min=0)
+    enclose = torch.clamp(ewh[:, 0] * ewh[:, 1], min=eps)
+    return overlap / union - (enclose - union) / enclose
 
 
 def test_rpn_targets_and_loss_match_mmdet():
@@ -186,12 +210,13 @@ def test_rpn_targets_and_loss_match_mmdet():
     np.testing.assert_allclose(float(loss_box), float(box_sum / average), rtol=1e-5)
 
 
-@pytest.mark.parametrize("num", [512, 64])
-def test_rcnn_targets_and_loss_match_mmdet(num):
-    """Proposals with padding, the ground truth added as proposals (assigned to itself), sampled 512 at
-    0.25 positive (and 64: more candidates than slots), targets with stds (0.1, 0.1, 0.2, 0.2), and the
-    losses: softmax cross entropy over the sampled RoIs and class-specific L1 over the positives, against
-    mmdet's rules in PyTorch."""
+@pytest.mark.parametrize("num,rules", [(512, RCNN), (64, RCNN), (512, CASCADE_2)], ids=["512", "64", "cascade"])
+def test_rcnn_targets_and_loss_match_mmdet(num, rules):
+    """Proposals with padding, assigned among themselves (Mask R-CNN's low-quality matches; a Cascade
+    stage's 0.6 without), the ground truth added as proposals (assigned to itself), sampled 512 at 0.25
+    positive (and 64: more candidates than slots), targets with stds (0.1, 0.1, 0.2, 0.2), and the
+    losses: softmax cross entropy over the sampled RoIs and class-specific L1 over the positives (the
+    Cascade: GIoU x 10 on the decoded boxes), against mmdet's rules in PyTorch."""
     import torch
     import torch.nn.functional as F
 
@@ -205,13 +230,13 @@ def test_rcnn_targets_and_loss_match_mmdet(num):
     proposals[:, 2:] = np.maximum(proposals[:, 2:], proposals[:, :2] + 1)
     proposal_valid = rng.uniform(size=p) < 0.95
     priorities = jax.random.uniform(jax.random.key(num), (g + p,))
-    got = jax.jit(lambda *a: targets.rcnn_targets(*a, classes, num=num))(
+    got = jax.jit(lambda *a: targets.rcnn_targets(*a, classes, num=num, assign=rules))(
         proposals, proposal_valid, gts, gt_labels, gt_valid, priorities)
 
     gi, pi = np.nonzero(gt_valid)[0], np.nonzero(proposal_valid)[0]
     candidates = np.concatenate([gts[gi], proposals[pi]])
     prio = np.concatenate([np.asarray(priorities)[gi], np.asarray(priorities)[g + pi]])
-    assigned_props, _ = mmdet_assign(proposals[pi], gts[gi], **RCNN)
+    assigned_props, _ = mmdet_assign(proposals[pi], gts[gi], **rules)
     assigned = np.concatenate([np.arange(1, len(gi) + 1), assigned_props])  # add_gt_as_proposals
     pos, neg = mmdet_sample(assigned, prio, num, 0.25)
     pos, neg = (s[np.argsort(-prio[s], kind="stable")] for s in (pos, neg))  # our slots' order; losses ignore it
@@ -224,6 +249,9 @@ def test_rcnn_targets_and_loss_match_mmdet(num):
     labels = np.full(n_pos + n_neg, classes)
     labels[:n_pos] = gt_labels[gi][assigned[pos] - 1]
     np.testing.assert_array_equal(np.asarray(got["labels"])[:n_pos + n_neg], labels)
+    sampled_gt = np.concatenate([gi, g + pi])[sampled]  # candidate index in [ground truth; proposals]
+    np.testing.assert_array_equal(np.asarray(got["index"])[:n_pos + n_neg], sampled_gt)
+    np.testing.assert_array_equal(np.asarray(got["from_gt"]), np.isin(np.arange(num), np.nonzero(sampled[:n_pos] < len(gi))[0]))
     want_deltas = (torch_bbox2delta(candidates[pos], gts[gi][assigned[pos] - 1])
                    / torch.tensor([0.1, 0.1, 0.2, 0.2], dtype=torch.float64))
     np.testing.assert_allclose(np.asarray(got["deltas"])[:n_pos], want_deltas.numpy(), rtol=1e-5, atol=1e-5)
@@ -231,12 +259,18 @@ def test_rcnn_targets_and_loss_match_mmdet(num):
     logits = rng.randn(num, classes + 1).astype(np.float32)
     deltas = (0.5 * rng.randn(num, 4 * classes)).astype(np.float32)
     batched = jax.tree.map(lambda t: t[None], got)
-    loss_cls, loss_box = targets.rcnn_loss(jnp.asarray(logits)[None], jnp.asarray(deltas)[None], batched)
+    giou = 10.0 if rules is CASCADE_2 else 0.0
+    loss_cls, loss_box = targets.rcnn_loss(jnp.asarray(logits)[None], jnp.asarray(deltas)[None], batched,
+                                           giou_weight=giou)
     k = n_pos + n_neg
     t_labels = torch.as_tensor(labels)
     want_cls = F.cross_entropy(torch.as_tensor(logits[:k], dtype=torch.float64), t_labels, reduction="sum") / k
     pred = torch.as_tensor(deltas[:n_pos], dtype=torch.float64).view(n_pos, classes, 4)[torch.arange(n_pos), t_labels[:n_pos]]
-    want_box = (pred - want_deltas).abs().sum() / k
+    if giou:  # reg_decoded_bbox: the deltas decoded (no clipping), GIoULoss(loss_weight=10) with avg_factor k
+        decoded = torch_delta2bbox(candidates[pos], pred * torch.tensor([0.1, 0.1, 0.2, 0.2], dtype=torch.float64))
+        want_box = giou * (1 - torch_giou(decoded, torch.as_tensor(gts[gi][assigned[pos] - 1], dtype=torch.float64))).sum() / k
+    else:
+        want_box = (pred - want_deltas).abs().sum() / k
     np.testing.assert_allclose(float(loss_cls), float(want_cls), rtol=1e-5)
     np.testing.assert_allclose(float(loss_box), float(want_box), rtol=1e-5)
 

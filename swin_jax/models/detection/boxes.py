@@ -101,6 +101,17 @@ def box_iou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
 
 
+def aligned_giou(a: jnp.ndarray, b: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
+    """Generalised IoU of (..., 4) boxes with (..., 4) boxes element by element, as mmdet's bbox_overlaps
+    (mode "giou", is_aligned): union and enclosing area floored at `eps`."""
+    wh = jnp.maximum(jnp.minimum(a[..., 2:], b[..., 2:]) - jnp.maximum(a[..., :2], b[..., :2]), 0.0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = jnp.maximum(box_area(a) + box_area(b) - inter, eps)
+    enclosing = jnp.maximum(jnp.maximum(a[..., 2:], b[..., 2:]) - jnp.minimum(a[..., :2], b[..., :2]), 0.0)
+    enclosing = jnp.maximum(enclosing[..., 0] * enclosing[..., 1], eps)
+    return inter / union - (enclosing - union) / enclosing
+
+
 def roi_levels(boxes: jnp.ndarray, num_levels: int, finest_scale: float = 56.0) -> jnp.ndarray:
     """mmdet's SingleRoIExtractor.map_roi_levels: floor(log2(sqrt(area) / finest_scale + 1e-6)), clamped to
     0..num_levels - 1 (int32)."""

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from swin_jax.models.detection.boxes import box_iou, encode_deltas
+from swin_jax.models.detection.boxes import aligned_giou, box_iou, decode_deltas, encode_deltas
 from swin_jax.models.detection.roi_align import crop_and_resize
 
 IGNORED, NEGATIVE = -1, 0
@@ -104,7 +104,13 @@ def rpn_loss(logits: jnp.ndarray, deltas: jnp.ndarray, targets: dict[str, jnp.nd
 
 # ---- the box head's targets and loss (mmdet's BBoxHead.get_targets and loss, Shared2FCBBoxHead) ------
 
-RCNN_ASSIGN = dict(pos_iou=0.5, neg_iou=0.5, min_pos_iou=0.5, match_low_quality=False)
+RCNN_ASSIGN = dict(pos_iou=0.5, neg_iou=0.5, min_pos_iou=0.5, match_low_quality=True)  # Mask R-CNN's
+
+
+def cascade_assign(iou: float) -> dict:
+    """The official Cascade's assigner of a stage: one threshold for positive, negative and the minimum,
+    no low-quality matching."""
+    return dict(pos_iou=iou, neg_iou=iou, min_pos_iou=iou, match_low_quality=False)
 RCNN_SAMPLE = dict(num=512, pos_fraction=0.25)
 RCNN_STDS = (0.1, 0.1, 0.2, 0.2)
 
@@ -116,16 +122,18 @@ def rcnn_targets(proposals: jnp.ndarray, proposal_valid: jnp.ndarray, gt_boxes: 
     candidates (first, assigned to itself, as mmdet's add_gt_as_proposals), the candidates are assigned
     and sampled, and the sampled ones fill the slots positives first. Returns `rois` (num, 4), `labels`
     (the class of a positive, `num_classes` for a negative), `sampled` and `positive` masks over the
-    slots, `deltas` (num, 4) from each positive RoI to its box, and `gt_index` of each positive.
-    `priorities` covers the G + P candidates."""
+    slots, `deltas` (num, 4) from each positive RoI to its box, `gt_index` of each positive, `index`
+    of each slot's candidate (0..G-1 the ground truth, then the proposals) and `from_gt` (a positive
+    that is a ground-truth box). `priorities` covers the G + P candidates."""
     rules = RCNN_ASSIGN if assign is None else assign
     short = max(num - gt_boxes.shape[0] - proposals.shape[0], 0)  # fewer candidates than slots: pad them
     candidates = jnp.concatenate([gt_boxes, proposals, jnp.zeros((short, 4), proposals.dtype)])
     valid = jnp.concatenate([gt_valid, proposal_valid, jnp.zeros((short,), bool)])
     priorities = jnp.concatenate([priorities, jnp.zeros((short,), priorities.dtype)])
-    codes, _ = max_iou_assign(candidates, valid, gt_boxes, gt_valid, **rules)
-    own = jnp.arange(1, gt_boxes.shape[0] + 1)
-    codes = codes.at[:gt_boxes.shape[0]].set(jnp.where(gt_valid, own, IGNORED))
+    # mmdet assigns the proposals alone (low-quality matches among them), then adds the ground truth
+    codes, _ = max_iou_assign(candidates[gt_boxes.shape[0]:], valid[gt_boxes.shape[0]:], gt_boxes, gt_valid, **rules)
+    own = jnp.where(gt_valid, jnp.arange(1, gt_boxes.shape[0] + 1), IGNORED)
+    codes = jnp.concatenate([own, codes])
     positive, negative = random_sample(codes, priorities, num=num, pos_fraction=pos_fraction)
     # slots: positives (by priority), then negatives (by priority), then the rest
     order = jnp.lexsort((-priorities, jnp.where(positive, 0, jnp.where(negative, 1, 2))))[:num]
@@ -138,15 +146,18 @@ def rcnn_targets(proposals: jnp.ndarray, proposal_valid: jnp.ndarray, gt_boxes: 
     target = jnp.where(slot_positive[:, None], gt_boxes[gt_index], unit)
     deltas = jnp.where(slot_positive[:, None], encode_deltas(source, target, stds=stds), 0.0)
     return {"rois": rois, "labels": labels, "sampled": slot_sampled, "positive": slot_positive, "deltas": deltas,
-            "gt_index": gt_index}
+            "gt_index": gt_index, "gt_boxes": jnp.where(slot_positive[:, None], gt_boxes[gt_index], 0.0),
+            "index": order, "from_gt": slot_positive & (order < gt_boxes.shape[0])}
 
 
-def rcnn_loss(class_logits: jnp.ndarray, box_deltas: jnp.ndarray, targets: dict[str, jnp.ndarray]
-              ) -> tuple[jnp.ndarray, jnp.ndarray]:
+def rcnn_loss(class_logits: jnp.ndarray, box_deltas: jnp.ndarray, targets: dict[str, jnp.ndarray], *,
+              giou_weight: float = 0.0, stds=RCNN_STDS) -> tuple[jnp.ndarray, jnp.ndarray]:
     """mmdet's box-head losses over a batch of sampled RoIs: (B, num, classes + 1) logits and
     (B, num, 4 * classes) class-specific deltas (or (B, num, 4) class-agnostic). Softmax cross entropy
     over the sampled RoIs divided by their count; L1 on each positive's deltas for its class, divided by
-    the number of sampled RoIs (mmdet's avg_factor bbox_targets.size(0))."""
+    the number of sampled RoIs (mmdet's avg_factor bbox_targets.size(0)). With `giou_weight` (the official
+    Cascade's reg_decoded_bbox with GIoULoss) the deltas are decoded from the RoIs with `stds`, unclipped,
+    and the loss is giou_weight x (1 - GIoU) with the box, over the same count."""
     sampled = targets["sampled"].astype(jnp.float32)
     count = jnp.maximum(jnp.sum(sampled), 1.0)
     ce = optax.softmax_cross_entropy_with_integer_labels(class_logits, targets["labels"])
@@ -155,8 +166,12 @@ def rcnn_loss(class_logits: jnp.ndarray, box_deltas: jnp.ndarray, targets: dict[
         per_class = box_deltas.reshape(*box_deltas.shape[:-1], -1, 4)
         label = jnp.minimum(targets["labels"], per_class.shape[-2] - 1)
         box_deltas = jnp.take_along_axis(per_class, label[..., None, None], axis=-2)[..., 0, :]
-    l1 = jnp.sum(jnp.abs(box_deltas - targets["deltas"]), axis=-1)
-    loss_box = jnp.sum(l1 * targets["positive"]) / count
+    if giou_weight:
+        boxes = decode_deltas(targets["rois"], box_deltas, stds=stds)
+        per_roi = giou_weight * (1.0 - aligned_giou(boxes, targets["gt_boxes"]))
+    else:
+        per_roi = jnp.sum(jnp.abs(box_deltas - targets["deltas"]), axis=-1)
+    loss_box = jnp.sum(per_roi * targets["positive"]) / count
     return loss_cls, loss_box
 
 
