@@ -143,6 +143,7 @@ def detection_config(**input_fields):
     from configs import detection as detection_config_module
 
     config = detection_config_module.get_config("mask_rcnn_swin_tiny_patch4_window7_224")
+    config.eval_only = True
     config.model_overrides.update({k: v for k, v in {**ARCH, **HEADS}.items()})
     config.input.eval_scale = SCALE
     config.input.preview_images = 2

@@ -10,7 +10,7 @@ from swin_jax.data.config import default_config, detection_config, segmentation_
 
 _MODULE_OF = {"DataError": "sources", "Input": "pipeline", "eval_input": "pipeline", "to_global": "pipeline",
               "train_input": "pipeline", "segmentation_train_input": "pipeline", "segmentation_eval_input": "pipeline",
-              "detection_eval_input": "pipeline", "segmentation_batch": "on_device", "mix": "on_device",
+              "detection_eval_input": "pipeline", "detection_train_input": "pipeline", "segmentation_batch": "on_device", "mix": "on_device",
               "normalize": "on_device", "random_erasing": "on_device", "simmim_masks": "on_device",
               "smooth_one_hot": "on_device", "train_batch": "on_device"}
 

@@ -8,13 +8,15 @@ import contextlib
 import dataclasses
 import io
 import os
+from typing import Callable
 
 import numpy as np
 from pycocotools.coco import COCO
 
-from swin_jax.data import segmentation, sources
+from swin_jax.data import segmentation, sources, transforms
 from swin_jax.data.host import tf
 from swin_jax.data.on_device import normalize
+from swin_jax.data.detection import check_object_count, instance_boxes
 from swin_jax.data.sources import DataError
 
 CLASSES = (
@@ -150,3 +152,178 @@ def tfds_split(name: str, split: str, *, data_dir: str | None, download: bool = 
         coco.createIndex()
     return DetectionSplit(dataset.map(lambda ex: {"image": ex["image"], "image_id": ex["image_id"]}), coco,
                           tuple(category_ids), names)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training splits: light examples in a fixed order (what the shuffle buffer holds) and `load`, which
+# turns one into {"image" uint8, "boxes" (n, 4) pixels, "labels" (n,), "masks" (n, H, W) uint8 or absent,
+# "image_id", "clipped", "dropped"} inside the augmentation.
+
+
+@dataclasses.dataclass
+class DetectionTrainSplit(sources.Split):
+    load: Callable | None = None
+    has_masks: bool = True
+
+
+def _annotation_masks(coco: COCO, annotations, height: int, width: int, where: str) -> np.ndarray:
+    """(n, H, W) uint8 instance masks of the kept annotations (polygons or RLE, COCO's annToMask)."""
+    from pycocotools import mask as mask_utils
+
+    out = np.zeros((len(annotations), height, width), np.uint8)
+    for i, ann in enumerate(annotations):
+        segmentation = ann.get("segmentation")
+        if not segmentation:
+            raise DataError(f"{where}: annotation {ann.get('id')} has no segmentation; Mask R-CNN trains on "
+                            f"instance masks")
+        if isinstance(segmentation, dict) and list(segmentation.get("size", [])) != [height, width]:
+            raise DataError(f"{where}: annotation {ann.get('id')} has a {segmentation.get('size')} mask for an "
+                            f"image of {height}x{width}")
+        if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+            segmentation = mask_utils.frPyObjects(segmentation, height, width)
+        elif isinstance(segmentation, list):
+            segmentation = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        out[i] = mask_utils.decode(segmentation)
+    return out
+
+
+def folder_train_split(root: str, split: str, process_index: int, process_count: int,
+                       max_objects: int) -> DetectionTrainSplit:
+    """A COCO-format folder's training split (every image kept, those without objects too), this
+    process's share; boxes read and checked once, masks rasterised as each example is loaded."""
+    annotation_file = os.path.join(root, "annotations", f"instances_{split}.json")
+    image_dir = os.path.join(root, split)
+    coco = read_coco_folder(annotation_file, image_dir)
+    category_ids, names = _classes(coco)
+    index = {c: i for i, c in enumerate(category_ids)}
+    records = []
+    for image in coco.dataset.get("images", []):
+        path = os.path.join(image_dir, image["file_name"])
+        boxes, labels, kept, clipped, dropped = instance_boxes(
+            coco.imgToAnns.get(image["id"], []), image["height"], image["width"], index, path)
+        check_object_count(len(boxes), max_objects, path)
+        records.append((path, image, boxes, labels, kept, clipped, dropped))
+    if not records:
+        raise DataError(f"{annotation_file} lists no images")
+    mine = records[process_index::process_count]
+    local, largest = sources._shares(len(records), process_index, process_count)
+
+    def masks_of(i):
+        path, image, _, _, kept, _, _ = mine[int(i)]
+        return _annotation_masks(coco, kept, image["height"], image["width"], path)
+
+    dataset = tf.data.Dataset.from_tensor_slices({
+        "index": np.arange(len(mine), dtype=np.int64), "path": [r[0] for r in mine],
+        "image_id": np.array([r[1]["id"] for r in mine], np.int64),
+        "boxes": tf.ragged.constant([r[2] for r in mine], ragged_rank=1, inner_shape=(4,), dtype=tf.float32),
+        "labels": tf.ragged.constant([r[3] for r in mine], dtype=tf.int32),
+        "clipped": np.array([r[5] for r in mine], np.int32), "dropped": np.array([r[6] for r in mine], np.int32)})
+
+    def load(ex):
+        image = transforms.decode(tf.io.read_file(ex["path"]))
+        masks = tf.numpy_function(masks_of, [ex["index"]], tf.uint8, stateful=False)
+        masks = tf.reshape(masks, [-1, tf.shape(image)[0], tf.shape(image)[1]])
+        return {"image": image, "boxes": _dense(ex["boxes"]), "labels": _dense(ex["labels"]), "masks": masks,
+                "image_id": ex["image_id"], "clipped": ex["clipped"], "dropped": ex["dropped"]}
+
+    return DetectionTrainSplit(dataset, local, largest, len(records), len(names), names, load=load)
+
+
+def _dense(x):
+    return x.to_tensor() if isinstance(x, tf.RaggedTensor) else x
+
+
+def tfds_train_split(name: str, split: str, *, data_dir, download: bool, process_index: int,
+                     process_count: int) -> DetectionTrainSplit:
+    """A TFDS detection split for training (coco/2017): boxes only, so the mask heads are not trained."""
+    dataset, local, largest, total, features = sources.tfds_examples(
+        name, split, data_dir=data_dir, process_index=process_index, process_count=process_count, download=download,
+        fields={"image": "image", "image_id": "image/id", "objects": "objects"}, others="'folder'",
+        kind="a detection dataset (image, image/id, objects) is needed")
+    names = tuple(features["objects"].feature["label"].names)
+    names = CLASSES if len(names) == len(CLASSES) else names
+
+    def load(ex):
+        image = transforms.decode(ex["image"])
+        hw = tf.cast(tf.shape(image)[:2], tf.float32)
+        objects = ex["objects"]
+        y0, x0, y1, x1 = (objects["bbox"][:, i] for i in range(4))
+        boxes = tf.stack([x0 * hw[1], y0 * hw[0], x1 * hw[1], y1 * hw[0]], axis=1)
+        wide = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+        crowd = tf.cast(objects["is_crowd"], tf.bool)
+        keep = wide & ~crowd
+        return {"image": image, "boxes": tf.boolean_mask(boxes, keep),
+                "labels": tf.boolean_mask(tf.cast(objects["label"], tf.int32), keep), "image_id": ex["image_id"],
+                "clipped": tf.constant(0, tf.int32),
+                "dropped": tf.reduce_sum(tf.cast(~wide & ~crowd, tf.int32))}
+
+    return DetectionTrainSplit(dataset, local, largest, total, len(names), names, load=load, has_masks=False)
+
+
+def scenes_train_split(split: str, count: int, *, size: int, process_index: int, process_count: int,
+                       seed: int = 0) -> DetectionTrainSplit:
+    """The digit scenes (swin_jax.data.scenes) as instances: one per digit, its visible strokes as the
+    mask and their tight box."""
+    images, masks, classes = scene_instances(split, count, size=size, seed=seed)
+    local, largest = sources._shares(count, process_index, process_count)
+    take = slice(process_index, None, process_count)
+    boxes = [_mask_boxes(m) for m in masks[take]]
+    dataset = tf.data.Dataset.from_tensor_slices({
+        "image": images[take], "image_id": np.arange(count, dtype=np.int64)[take],
+        "boxes": tf.ragged.constant(boxes, ragged_rank=1, inner_shape=(4,), dtype=tf.float32),
+        "labels": tf.ragged.constant([c.astype(np.int32) for c in classes[take]], dtype=tf.int32),
+        "masks": tf.ragged.constant([m.astype(np.uint8) for m in masks[take]], ragged_rank=1, inner_shape=(size, size),
+                                    dtype=tf.uint8)})
+
+    def load(ex):
+        return {"image": ex["image"], "boxes": _dense(ex["boxes"]), "labels": _dense(ex["labels"]),
+                "masks": _dense(ex["masks"]), "image_id": ex["image_id"], "clipped": tf.constant(0, tf.int32),
+                "dropped": tf.constant(0, tf.int32)}
+
+    from swin_jax.data import scenes
+
+    return DetectionTrainSplit(dataset, local, largest, count, 10, scenes.SCENE_CLASSES[1:], load=load)
+
+
+def scene_instances(split: str, count: int, *, size: int, seed: int = 0):
+    """(images (count, size, size, 3), per scene its masks (k, size, size) bool and classes (k,))."""
+    from swin_jax.data import scenes
+
+    digit_images, digit_labels = scenes.split_digits(split)
+    out = [scenes.make_instance_scene(scenes.scene_rng(split, i, seed), digit_images, digit_labels, size=size,
+                                      digit_size=(min(20, size), min(40, size))) for i in range(count)]
+    return np.stack([o[0] for o in out]), [o[1] for o in out], [o[2] for o in out]
+
+
+def _mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """The tight (x1, y1, x2, y2) box of each (H, W) mask, pixel edges included."""
+    boxes = []
+    for m in masks:
+        rows, cols = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
+        boxes.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+    return np.asarray(boxes, np.float32).reshape(-1, 4)
+
+
+def scenes_eval_split(split: str, count: int, *, size: int, seed: int = 0) -> DetectionSplit:
+    """The held-out digit scenes with their COCO ground truth (boxes and RLE masks), for COCOeval."""
+    from pycocotools import mask as mask_utils
+    from swin_jax.data import scenes
+
+    images, masks, classes = scene_instances(split, count, size=size, seed=seed)
+    names = scenes.SCENE_CLASSES[1:]
+    annotations = []
+    for i, (m, c) in enumerate(zip(masks, classes)):
+        for mask, label, box in zip(m, c, _mask_boxes(m)):
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            x0, y0, x1, y1 = (float(v) for v in box)
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(label) + 1, "iscrowd": 0,
+                                "area": float(mask.sum()), "bbox": [x0, y0, x1 - x0, y1 - y0], "segmentation": rle})
+    coco = COCO()
+    coco.dataset = {"images": [{"id": i, "height": size, "width": size} for i in range(count)],
+                    "annotations": annotations, "categories": [{"id": k + 1, "name": n} for k, n in enumerate(names)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    encoded = [tf.io.encode_png(im).numpy() for im in images]
+    dataset = tf.data.Dataset.from_tensor_slices({"image": encoded, "image_id": np.arange(count, dtype=np.int64)})
+    return DetectionSplit(dataset, coco, tuple(range(1, len(names) + 1)), names)

@@ -123,5 +123,23 @@ def detection_config() -> ml_collections.ConfigDict:
     c.eval_scale = (1333, 800)
     c.eval_pad_multiple = 32
     c.preview_images = 4  # held-out images with their detections in TensorBoard at every evaluation
+    # Training: the official 3x multi-scale pipeline (swin_jax.data.detection): flip, then either a resize
+    # to (long_side, one of short_sides) or a resize to one of crop_short_sides, a crop of crop_range and
+    # a resize as the first; crop_short_sides () keeps only the first. Every image padded to pad_hw,
+    # its objects to max_objects (an image with more is an error that names it).
+    c.short_sides = tuple(range(480, 801, 32))
+    c.long_side = 1333
+    c.crop_short_sides = (400, 500, 600)
+    c.crop_range = (384, 600)
+    c.hflip = 0.5
+    c.pad_hw = (1344, 1344)
+    c.max_objects = 100
+    c.shuffle_buffer = 10_000
+    c.shard = "process"
+    c.cache = False
+    # The offline demo (dataset 'demo_scenes'): digit scenes, one instance per digit.
+    c.demo_scene_size = 96
+    c.demo_train_scenes = 2000
+    c.demo_eval_scenes = 200
     c.lock()
     return c

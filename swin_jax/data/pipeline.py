@@ -349,7 +349,7 @@ def segmentation_eval_input(config: ml_collections.ConfigDict, *, split: str | N
 # ---------------------------------------------------------------------------------------------------
 # Detection (mmdet's COCO test pipeline: swin_jax.data.coco)
 
-DETECTION_SPLITS = {"folder": ("train2017", "val2017")}
+DETECTION_SPLITS = {"folder": ("train2017", "val2017"), "demo_scenes": ("train", "test")}
 DETECTION_TFDS_SPLITS = ("train", "validation")
 
 
@@ -358,12 +358,59 @@ def open_detection_split(config, split: str | None = None):
     from swin_jax.data import coco
 
     split = split or config.eval_split or DETECTION_SPLITS.get(config.dataset, DETECTION_TFDS_SPLITS)[1]
+    if config.dataset == "demo_scenes":
+        return coco.scenes_eval_split(split, config.demo_eval_scenes, size=config.demo_scene_size)
     if config.dataset == "folder":
         if not config.data_dir:
             raise DataError("config.input.dataset='folder' needs config.input.data_dir, the folder that holds "
                             "annotations/instances_SPLIT.json and SPLIT/IMAGE (COCO's layout)")
         return coco.folder_split(config.data_dir, split)
     return coco.tfds_split(config.dataset, split, data_dir=config.data_dir, download=config.download)
+
+
+def open_detection_train_split(config, process_index: int, process_count: int):
+    from swin_jax.data import coco
+
+    split = config.train_split or DETECTION_SPLITS.get(config.dataset, DETECTION_TFDS_SPLITS)[0]
+    if config.dataset == "folder":
+        if not config.data_dir:
+            raise DataError("config.input.dataset='folder' needs config.input.data_dir, the folder that holds "
+                            "annotations/instances_SPLIT.json and SPLIT/IMAGE (COCO's layout)")
+        return coco.folder_train_split(config.data_dir, split, process_index, process_count, config.max_objects)
+    if config.dataset == "demo_scenes":
+        return coco.scenes_train_split(split, config.demo_train_scenes, size=config.demo_scene_size,
+                                       process_index=process_index, process_count=process_count)
+    return coco.tfds_train_split(config.dataset, split, data_dir=config.data_dir, download=config.download,
+                                 process_index=process_index, process_count=process_count)
+
+
+def detection_train_input(config: ml_collections.ConfigDict, *, seed: int, start_step: int = 0,
+                          process_index: int | None = None, process_count: int | None = None) -> Input:
+    """Endless batches for the detectors (`swin_jax.data.detection.train_transform`): image uint8 padded to
+    pad_hw, valid, gt_boxes / gt_labels / gt_valid padded to max_objects, gt_masks where the data has
+    masks, and per image the boxes clipped and dropped as the annotations were read; the same resumable
+    order as the other tasks."""
+    from swin_jax.data import detection
+
+    process_index, process_count = _processes(process_index, process_count)
+    opened = {}
+
+    def open_split(index, count):
+        opened["split"] = open_detection_train_split(config, index, count)
+        return opened["split"]
+
+    def augment(ex):
+        split = opened["split"]
+        ex = dict(split.load(ex), seed=ex["seed"])
+        out = detection.train_transform(
+            ex["image"], ex["boxes"], ex["labels"], ex.get("masks") if split.has_masks else None, ex["seed"],
+            short_sides=tuple(config.short_sides), long_side=config.long_side,
+            crop_short_sides=tuple(config.crop_short_sides), crop_range=tuple(config.crop_range), hflip=config.hflip,
+            pad_hw=tuple(config.pad_hw), max_objects=config.max_objects, image_id=ex["image_id"])
+        return dict(out, boxes_clipped=ex["clipped"], boxes_dropped=ex["dropped"])
+
+    return training_stream(config, open_split, augment, seed=seed, start_step=start_step,
+                           process_index=process_index, process_count=process_count)
 
 
 def detection_eval_input(config: ml_collections.ConfigDict, *, split: str | None = None,

@@ -154,11 +154,9 @@ def paste_digit(canvas: np.ndarray, label: np.ndarray, alpha: np.ndarray, colour
     label[box][alpha > 0.5] = cls
 
 
-def make_scene(rng: np.random.RandomState, digit_images, digit_labels, size: int = 96, digits=(2, 4),
-               digit_size=(20, 40)) -> tuple[np.ndarray, np.ndarray]:
-    """One scene drawn with `rng` from the given source digits (8x8, intensities 0..16, classes 0..9):
-    image uint8 (size, size, 3) and label uint8 (size, size), 0 background and d + 1 for digit d.
-    `digits` and `digit_size` are inclusive ranges: how many digits, and their side in pixels."""
+def _draw(rng, digit_images, digit_labels, size, digits, digit_size):
+    """(image uint8, owner int (size, size): the index of the digit whose stroke shows at each pixel, -1
+    for none, and each drawn digit's class)."""
     low, high = digit_size
     if not 1 <= low <= high <= size:
         raise ValueError(f"digit_size {digit_size} must be an increasing range within 1..{size} (the canvas)")
@@ -167,19 +165,40 @@ def make_scene(rng: np.random.RandomState, digit_images, digit_labels, size: int
     if len(digit_images) == 0:
         raise ValueError("no source digits to draw from")
     canvas = _background(rng, size)
-    label = np.zeros((size, size), np.uint8)
-    for _ in range(rng.randint(digits[0], digits[1] + 1)):
+    owner = np.full((size, size), -1, np.int32)
+    classes = []
+    for k in range(rng.randint(digits[0], digits[1] + 1)):
         pick = rng.randint(len(digit_images))
         side = rng.randint(low, high + 1)
         top, left = rng.randint(0, size - side + 1), rng.randint(0, size - side + 1)
         alpha = upscale_digit(digit_images[pick], side)
         under = canvas[top:top + side, left:left + side].reshape(-1, 3).mean(axis=0)
-        paste_digit(canvas, label, alpha, _contrasting_colour(rng, under), top, left, int(digit_labels[pick]) + 1)
+        paste_digit(canvas, owner, alpha, _contrasting_colour(rng, under), top, left, k)
+        classes.append(int(digit_labels[pick]))
     # Per-pixel noise over everything, digits included.
     spread = rng.randint(4, 17)
     canvas += rng.randint(0, 2 * spread + 1, size=canvas.shape, dtype=np.uint8) - np.float32(spread)
-    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), owner, np.array(classes, np.int64)
+
+
+def make_scene(rng: np.random.RandomState, digit_images, digit_labels, size: int = 96, digits=(2, 4),
+               digit_size=(20, 40)) -> tuple[np.ndarray, np.ndarray]:
+    """One scene drawn with `rng` from the given source digits (8x8, intensities 0..16, classes 0..9):
+    image uint8 (size, size, 3) and label uint8 (size, size), 0 background and d + 1 for digit d.
+    `digits` and `digit_size` are inclusive ranges: how many digits, and their side in pixels."""
+    image, owner, classes = _draw(rng, digit_images, digit_labels, size, digits, digit_size)
+    label = np.append(classes + 1, 0)[owner].astype(np.uint8)  # owner -1 (no stroke) picks the 0
     return image, label
+
+
+def make_instance_scene(rng: np.random.RandomState, digit_images, digit_labels, size: int = 96, digits=(2, 4),
+                        digit_size=(20, 40)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scene `make_scene` draws with the same `rng`, as instances: (image, masks bool (K, size, size),
+    classes (K,) 0..9), one per digit whose stroke still shows (later digits cover earlier ones)."""
+    image, owner, classes = _draw(rng, digit_images, digit_labels, size, digits, digit_size)
+    masks = owner[None] == np.arange(len(classes))[:, None, None]
+    shown = masks.any(axis=(1, 2))
+    return image, masks[shown], classes[shown]
 
 
 def scene_rng(split: str, index: int, seed: int = 0) -> np.random.RandomState:

@@ -152,9 +152,12 @@ def create_mim(name: str, **overrides) -> SimMIM:
 
 # Detectors: "mask_rcnn_" / "cascade_mask_rcnn_" + any backbone name, and the official COCO configs of
 # the Swin detection code (configs/swin/: window 7; drop path 0.2, Cascade Swin-B 0.3; the Cascade box
-# heads are 4 conv-BN-ReLU and one fully connected layer, class-specific regression).
-DETECTOR_PREFIXES = {"mask_rcnn_": {}, "cascade_mask_rcnn_": dict(stage_stds=CASCADE_STDS, num_shared_convs=4,
-                                                                  num_shared_fcs=1)}
+# heads are 4 conv-BN-ReLU and one fully connected layer, class-specific regression; its training: stages at
+# IoU 0.5 / 0.6 / 0.7 weighted 1 / 0.5 / 0.25, GIoU x 10 on decoded boxes, 2000 proposals, RPN anchors
+# inside the image).
+DETECTOR_PREFIXES = {"mask_rcnn_": {}, "cascade_mask_rcnn_": dict(
+    stage_stds=CASCADE_STDS, num_shared_convs=4, num_shared_fcs=1, stage_ious=(0.5, 0.6, 0.7),
+    stage_loss_weights=(1.0, 0.5, 0.25), giou_weight=10.0, rpn_train_max_per_img=2000, rpn_allowed_border=0)}
 DETECTORS: dict[str, tuple[str, dict]] = {
     "mask_rcnn_swin_tiny_patch4_window7": ("swin_tiny_patch4_window7_224", dict(drop_path_rate=0.2)),
     "mask_rcnn_swin_small_patch4_window7": ("swin_small_patch4_window7_224", dict(drop_path_rate=0.2)),
@@ -163,7 +166,8 @@ DETECTORS: dict[str, tuple[str, dict]] = {
     "cascade_mask_rcnn_swin_base_patch4_window7": ("swin_base_patch4_window7_224", dict(drop_path_rate=0.3)),
 }
 DETECTOR_FIELDS = ("num_classes", "channels", "fc_channels", "mask_channels", "rpn_nms_pre", "rpn_max_per_img",
-                   "rpn_iou", "score_thr", "iou_threshold", "max_per_img", "roi_chunk")
+                   "rpn_iou", "score_thr", "iou_threshold", "max_per_img", "roi_chunk", "rpn_train_nms_pre",
+                   "rpn_train_max_per_img", "rpn_samples", "rcnn_samples")
 
 
 def detector_kind(name: str) -> str | None:
@@ -179,7 +183,7 @@ def create_detector(name: str, num_classes: int = 80, **overrides) -> TwoStageDe
     backbone_name, backbone_overrides = composite_backbone(name, prefix, DETECTORS, "detector")
     heads = head_overrides(overrides, DETECTOR_FIELDS[1:])
     return TwoStageDetector(dense_backbone(backbone_name, {**backbone_overrides, **overrides}), num_classes=num_classes,
-                            **DETECTOR_PREFIXES[prefix], **heads)
+                            **{**DETECTOR_PREFIXES[prefix], **heads})
 
 
 def create_model(name: str, **overrides) -> Swin | UPerNet | SimMIM | TwoStageDetector:

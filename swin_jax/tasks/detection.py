@@ -124,16 +124,30 @@ def draw_detections(image, boxes, scores, labels, masks, names, min_score: float
 class Detection(Task):
     name = "detection"
     best_metric = "eval_bbox_ap"
-    trains = False  # evaluation of the detectors (config.eval_only); training comes with their losses
 
     def inputs(self, config, *, train: bool):
-        return None, data.detection_eval_input(config.input)
+        training = data.detection_train_input(config.input, seed=config.seed) if train else None
+        return training, data.detection_eval_input(config.input)
 
     def build_model(self, config, num_classes: int):
         return create_model(config.model, num_classes=num_classes, **model_options(config), **config.model_overrides)
 
     def init_variables(self, model, rng):
         return dict(model.init(rng, jnp.zeros((1, *model.input_hw, model.in_chans), jnp.float32)))
+
+    def train_loss(self, model, params, model_state, batch, rngs, config, num_classes):
+        """The sum of mmdet's losses (RPN, box heads, mask heads; Cascade's stages weighted), each also
+        reported, with the boxes the input clipped and dropped in this batch."""
+        images = on_device.segmentation_batch(batch["image"], batch["valid"], dtype=jnp.dtype(config.model_dtype))
+        targets = {k: batch[k] for k in ("gt_boxes", "gt_labels", "gt_valid", "gt_masks") if k in batch}
+        losses, updated = model.apply({"params": params, **model_state}, images, batch["valid"], train=True,
+                                      targets=targets, mutable=["batch_stats", "intermediates"],
+                                      rngs={"dropout": rngs[1], "sampling": rngs[0]})
+        state = {k: v for k, v in updated.items() if k != "intermediates"}
+        extra = {name.replace(".", "_"): value for name, value in losses.items()}
+        extra["boxes_clipped"] = jnp.sum(batch["boxes_clipped"]).astype(jnp.float32)
+        extra["boxes_dropped"] = jnp.sum(batch["boxes_dropped"]).astype(jnp.float32)
+        return sum(losses.values()), (state, extra)
 
     def eval_sums(self, model, variables, batch, config):
         """Every image's detections with what the host needs to score them (not sums: `accumulate` collects)."""

@@ -190,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = build_model(config, num_classes)
     steps_per_epoch = training.steps if training else 1
     total_steps = config.total_steps or int(config.epochs * steps_per_epoch)
-    lr = optim.schedule(config, total_steps, steps_per_epoch)
+    lr = optim.schedule(config, total_steps, steps_per_epoch, training=not config.eval_only)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         _write_config(config, workdir, num_classes)

@@ -104,10 +104,11 @@ def scaled_lr(lr: float, config) -> float:
     return lr * config.batch_size * config.grad_accum_steps / config.lr_base_batch_size
 
 
-def schedule(config, total_steps: int, steps_per_epoch: int) -> Schedule | PolySchedule | MultiStepSchedule:
+def schedule(config, total_steps: int, steps_per_epoch: int, *, training: bool = True
+             ) -> Schedule | PolySchedule | MultiStepSchedule:
     """The schedule over `total_steps` optimiser updates. Warm-up lasts `warmup_steps` if set, else
     warmup_epochs; when total_steps overrides the epochs, warm-up keeps its share of the run
-    (warmup_epochs / epochs)."""
+    (warmup_epochs / epochs). Not `training` (an evaluation), the milestones are not checked."""
     updates_per_epoch = max(steps_per_epoch // config.grad_accum_steps, 1)
     updates = max(total_steps // config.grad_accum_steps, 1)
     kind = config.get("schedule", "cosine")
@@ -124,7 +125,7 @@ def schedule(config, total_steps: int, steps_per_epoch: int) -> Schedule | PolyS
             milestones = tuple(int(updates * e / config.epochs) for e in config.lr_milestones)
         else:
             milestones = tuple(int(e * updates_per_epoch) for e in config.lr_milestones)
-        if milestones and min(milestones) < warmup:
+        if training and milestones and min(milestones) < warmup:
             raise ValueError(f"config.lr_milestones={tuple(config.lr_milestones)}: the first milestone falls inside "
                              f"the {warmup}-step warm-up")
         return MultiStepSchedule(peak_lr=scaled_lr(config.base_lr, config),

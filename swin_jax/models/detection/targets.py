@@ -77,13 +77,13 @@ RPN_SAMPLE = dict(num=256, pos_fraction=0.5)
 
 
 def rpn_targets(anchors: jnp.ndarray, gt_boxes: jnp.ndarray, gt_valid: jnp.ndarray, priorities: jnp.ndarray,
-                anchor_valid: jnp.ndarray | None = None) -> dict[str, jnp.ndarray]:
+                anchor_valid: jnp.ndarray | None = None, sample=None) -> dict[str, jnp.ndarray]:
     """One image's RPN targets over its (A, 4) anchors (every level, concatenated): `objectness` 1 for a
     sampled positive, 0 otherwise; `weight` 1 for every sampled anchor; `deltas` (A, 4) from each
     positive anchor to its box (stds 1) and `box_weight` 1 for positives; the sampled counts."""
     valid = jnp.ones(anchors.shape[:1], bool) if anchor_valid is None else anchor_valid
     codes, _ = max_iou_assign(anchors, valid, gt_boxes, gt_valid, **RPN_ASSIGN)
-    positive, negative = random_sample(codes, priorities, **RPN_SAMPLE)
+    positive, negative = random_sample(codes, priorities, **(sample or RPN_SAMPLE))
     matched = gt_boxes[jnp.maximum(codes - 1, 0)]
     deltas = jnp.where(positive[:, None], encode_deltas(anchors, jnp.where(positive[:, None], matched, anchors)), 0.0)
     return {"objectness": positive.astype(jnp.float32), "weight": (positive | negative).astype(jnp.float32),
