@@ -20,17 +20,17 @@ def get_config():
     config.input.eval_batch_size = 40
     config.input.demo_train_scenes = 2000
     config.input.demo_eval_scenes = 200
-    config.input.short_sides = (80, 88, 96, 104, 112)  # the scenes at 0.83-1.17 of their size
+    config.input.short_sides = (80, 88, 96)  # the scenes at 0.83-1 of their size
     config.input.long_side = 1333
     config.input.crop_short_sides = ()
     config.input.hflip = 0.0  # digits are not mirror-symmetric
-    config.input.pad_hw = (112, 112)
+    config.input.pad_hw = (96, 96)
     config.input.max_objects = 4
     config.input.eval_scale = (96, 96)
     config.model_overrides.update(dict(patch_size=2, embed_dim=48, depths=(2, 2, 2), num_heads=(3, 6, 12),
-                                       window_size=4, drop_path_rate=0.1, channels=64, fc_channels=256,
-                                       mask_channels=64, rpn_train_nms_pre=500, rpn_train_max_per_img=200,
-                                       rpn_nms_pre=500, rpn_max_per_img=200, rcnn_samples=128, max_per_img=20))
+                                       window_size=4, drop_path_rate=0.1, channels=64, fc_channels=128,
+                                       mask_channels=32, rpn_train_nms_pre=500, rpn_train_max_per_img=200,
+                                       rpn_nms_pre=500, rpn_max_per_img=200, rcnn_samples=64, max_per_img=20))
     config.total_steps = 1500
     config.warmup_steps = 100
     config.lr_milestones = (1200 * config.epochs // 1500,)  # epochs scaled with total_steps: step 1200

@@ -144,3 +144,70 @@ def test_the_coco_config_trains_two_steps_on_mocked_tfds(tmp_path):
     assert all(np.isfinite(train[0][k]) and train[0][k] > 0 for k in ("train_loss", "loss_rpn_cls", "loss_cls"))
     assert train[0]["boxes_clipped"] == 0 and train[0]["boxes_dropped"] == 0
     assert "eval_bbox_ap" in got[-1] and "eval_segm_ap" not in got[-1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The demo config, tiny: resume and devices
+
+TINY = dict(embed_dim=16, depths=(2, 2), num_heads=(1, 2), window_size=4, channels=16, fc_channels=32,
+            mask_channels=8, rpn_train_nms_pre=100, rpn_train_max_per_img=50, rpn_nms_pre=100, rpn_max_per_img=50,
+            rcnn_samples=16, max_per_img=10)
+TINY_INPUT = dict(demo_scene_size=64, short_sides=(56, 64), pad_hw=(64, 64), eval_scale=(64, 64),
+                  demo_train_scenes=32, demo_eval_scenes=8, eval_batch_size=8, preview_images=0)
+
+
+def tiny_demo(**overrides):
+    from configs import demo_det
+
+    config = demo_det.get_config()
+    config.model_overrides.update(TINY)
+    config.input.update(TINY_INPUT)
+    config.update(dict(warmup_steps=0, lr_milestones=()), **overrides)
+    return config
+
+
+def test_eight_devices_match_one():
+    """The sampled RoIs, the Cascade heads' BatchNorm over the global batch: the same losses on 8 devices
+    as on 1."""
+    from runs import train_losses
+    from swin_jax import data
+
+    config = tiny_demo(total_steps=3)
+    config.model = "cascade_mask_rcnn_swin_tiny_patch4_window7"
+    config.input.batch_size = 8
+
+    def losses(devices):
+        return train_losses(config, devices, iter(data.detection_train_input(config.input, seed=0)), 10)
+
+    one, stats_one = losses(jax_devices()[:1])
+    eight, stats_eight = losses(jax_devices())
+    np.testing.assert_allclose(eight, one, rtol=2e-5)
+    assert one[-1] != one[0]
+    for a, b in zip(_leaves(stats_eight), _leaves(stats_one)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def jax_devices():
+    import jax
+
+    return jax.devices()
+
+
+def _leaves(tree):
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def test_a_run_stopped_by_sigterm_resumes_with_the_same_losses(tmp_path):
+    """SIGTERM mid-run: saved, exit 0; the same command resumes and logs bitwise the losses of an
+    uninterrupted run (the sampling keys follow the step, the data order resumes)."""
+    import runs
+
+    steps = 8
+    flags = ["--config", "configs/demo_det.py", f"--config.total_steps={steps}", "--config.warmup_steps=0",
+             "--config.lr_milestones=()", "--config.log_every_steps=1", "--config.eval_every_steps=1000",
+             "--config.checkpoint_every_steps=4", "--config.batch_size=4"]
+    flags += [f"--config.model_overrides.{k}={v}" for k, v in TINY.items()]
+    flags += [f"--config.input.{k}={v}" for k, v in TINY_INPUT.items()]
+    runs.check_sigterm_resume([f.replace(" ", "") for f in flags], tmp_path, steps, after_step=5)

@@ -437,7 +437,9 @@ class BatchNorm(nn.Module):
     In training the mean and variance are over every row of the global batch (under jit with a sharded
     batch, XLA reduces across devices and processes: what SyncBN gives PyTorch), and the running
     variance is updated with the unbiased variance, as PyTorch does; flax's BatchNorm keeps the biased
-    one. Parameters `scale`, `bias`; running statistics `mean`, `var` in the `batch_stats` collection.
+    one. `rows` (the batch axis, bool) limits the statistics to the rows PyTorch's batch would hold (a
+    detector's sampled RoIs among its padded slots). Parameters `scale`, `bias`; running statistics
+    `mean`, `var` in the `batch_stats` collection.
     """
 
     momentum: float = 0.1
@@ -446,7 +448,7 @@ class BatchNorm(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, train: bool, rows: jnp.ndarray | None = None) -> jnp.ndarray:
         features = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
@@ -454,14 +456,20 @@ class BatchNorm(nn.Module):
         running_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
         x32 = x.astype(jnp.float32)
         if train:
-            rows = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x32, axis=rows)
-            var = jnp.mean(jnp.square(x32 - mean), axis=rows)
+            axes = tuple(range(x.ndim - 1))
+            if rows is None:
+                mean = jnp.mean(x32, axis=axes)
+                var = jnp.mean(jnp.square(x32 - mean), axis=axes)
+                count = np.prod([x.shape[i] for i in axes])
+            else:
+                weight = rows.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+                count = jnp.sum(weight) * np.prod(x.shape[1:-1])
+                mean = jnp.sum(x32 * weight, axis=axes) / jnp.maximum(count, 1.0)
+                var = jnp.sum(jnp.square(x32 - mean) * weight, axis=axes) / jnp.maximum(count, 1.0)
             if not self.is_initializing():
-                count = np.prod([x.shape[i] for i in rows])
                 running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
                 running_var.value = ((1 - self.momentum) * running_var.value
-                                     + self.momentum * var * (count / max(count - 1, 1)))
+                                     + self.momentum * var * (count / jnp.maximum(count - 1, 1)))
         else:
             mean, var = running_mean.value, running_var.value
         y = (x32 - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)) + bias.astype(jnp.float32)
@@ -610,7 +618,7 @@ class ConvNormAct(nn.Module):
     conv_impl: str = "auto"
 
     @nn.compact
-    def __call__(self, x, train: bool) -> jnp.ndarray:
+    def __call__(self, x, train: bool, rows: jnp.ndarray | None = None) -> jnp.ndarray:
         maps = list(x) if isinstance(x, (list, tuple)) else [x]
         k, size = self.kernel_size, maps[0].shape[1:3]
         channels = [m.shape[-1] for m in maps]
@@ -626,7 +634,7 @@ class ConvNormAct(nn.Module):
             parts = jnp.split(kernel, np.cumsum(channels)[:-1], axis=2)
             x = sum(conv_same(m, part, implementation) if m.shape[1:3] == size else conv_same_of_resized(m, part, size)
                     for m, part in zip(maps, parts))
-        x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x, train)
+        x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x, train, rows)
         return nn.relu(x)
 
 

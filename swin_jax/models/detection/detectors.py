@@ -17,8 +17,8 @@ every anchor and its loss; proposals from the detached RPN outputs (train_cfg.rp
 stage the proposals assigned and sampled with the ground truth added, the box head's loss on the sampled
 RoIs and the mask head's on the positive ones (28x28 targets cut from the instance masks); Cascade
 re-assigns each stage from the previous stage's refined boxes (its ground-truth RoIs left out) and
-weighs the stages' losses. Random sampling draws from the "sampling" RNG stream; `targets.*` hold the
-rules. Returns the losses by name (mmdet's: loss_rpn_cls, loss_rpn_bbox, loss_cls, loss_bbox,
+weighs the stages' losses. Random sampling draws from `sampling_key` (else the "sampling" RNG stream)
+through `targets.sampling_priorities`; `targets.*` hold the rules. Returns the losses by name (mmdet's: loss_rpn_cls, loss_rpn_bbox, loss_cls, loss_bbox,
 loss_mask; Cascade: s{k}.loss_*).
 
 Parameter names follow the checkpoints: backbone, neck (lateral_convs_i, fpn_convs_i), rpn_head
@@ -112,7 +112,8 @@ class TwoStageDetector(nn.Module):
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, image_hw: jnp.ndarray | None = None,
-                 train: bool = False, targets: dict[str, jnp.ndarray] | None = None) -> dict[str, jnp.ndarray]:
+                 train: bool = False, targets: dict[str, jnp.ndarray] | None = None,
+                 sampling_key: jax.Array | None = None) -> dict[str, jnp.ndarray]:
         """Detections of `images` (B, H, W, 3); with `targets` (gt_boxes (B, G, 4), gt_labels (B, G),
         gt_valid (B, G), and gt_masks (B, G, H, W) where the data has masks) the training losses instead."""
         batch, height, width = images.shape[:3]
@@ -136,7 +137,8 @@ class TwoStageDetector(nn.Module):
             return out.reshape(-1, size, size, out.shape[-1]).astype(self.dtype)
 
         if targets is not None:
-            return self._losses(logits, deltas, anchors, image_hw, targets, pooled, box_heads, mask_heads, train)
+            key = self.make_rng("sampling") if sampling_key is None else sampling_key
+            return self._losses(logits, deltas, anchors, image_hw, targets, key, pooled, box_heads, mask_heads, train)
         proposals = jax.vmap(lambda lg, dl, hw: rpn.proposals(lg, dl, anchors, hw, self.rpn_nms_pre,
                                                                self.rpn_max_per_img, self.rpn_iou))
         rois, _, valid = proposals(logits, deltas, image_hw)
@@ -161,7 +163,7 @@ class TwoStageDetector(nn.Module):
         detections["masks"] = jnp.take_along_axis(masks, labels[:, :, None, None, None], axis=-1)[..., 0]
         return detections
 
-    def _losses(self, logits, deltas, anchors, image_hw, targets, pooled, box_heads, mask_heads, train):
+    def _losses(self, logits, deltas, anchors, image_hw, targets, key, pooled, box_heads, mask_heads, train):
         """mmdet's TwoStageDetector.forward_train with the official train_cfg (see the module's docstring)."""
         batch = image_hw.shape[0]
         gt_boxes, gt_labels, gt_valid = targets["gt_boxes"], targets["gt_labels"], targets["gt_valid"]
@@ -172,7 +174,7 @@ class TwoStageDetector(nn.Module):
         anchor_valid = jax.vmap(lambda hw: anchor_flags(all_anchors, level_hw, self.anchor_strides, hw,
                                                          self.rpn_allowed_border))(image_hw)
         rpn_rules = dict(num=self.rpn_samples, pos_fraction=tgt.RPN_SAMPLE["pos_fraction"])
-        priorities = jax.random.uniform(self.make_rng("sampling"), flat_logits.shape)
+        priorities = tgt.sampling_priorities(key, 0, flat_logits.shape)
         rpn_t = jax.vmap(lambda g, v, p, a: tgt.rpn_targets(all_anchors, g, v, p, a, sample=rpn_rules))(
             gt_boxes, gt_valid, priorities, anchor_valid)
         losses = dict(zip(("loss_rpn_cls", "loss_rpn_bbox"), tgt.rpn_loss(flat_logits, flat_deltas, rpn_t)))
@@ -184,12 +186,12 @@ class TwoStageDetector(nn.Module):
         positives = int(self.rcnn_samples * tgt.RCNN_SAMPLE["pos_fraction"])  # the slots positives can fill
         for k, stds in enumerate(self.stage_stds):
             assign = tgt.RCNN_ASSIGN if not self.cascade else tgt.cascade_assign(self.stage_ious[k])
-            priorities = jax.random.uniform(self.make_rng("sampling"), (batch, gt_boxes.shape[1] + boxes.shape[1]))
+            priorities = tgt.sampling_priorities(key, k + 1, (batch, gt_boxes.shape[1] + boxes.shape[1]))
             t = jax.vmap(lambda b, v, g, lb, gv, p: tgt.rcnn_targets(
                 b, v, g, lb, gv, p, self.num_classes, num=self.rcnn_samples, stds=stds, assign=assign))(
                 boxes, valid, gt_boxes, gt_labels, gt_valid, priorities)
             self.sow("intermediates", f"rcnn_targets{self._suffix(k)}", t)
-            cls, reg = box_heads[k](pooled(t["rois"], 7), train)
+            cls, reg = box_heads[k](pooled(t["rois"], 7), train, t["sampled"].reshape(-1))  # BN over mmdet's RoIs
             cls, reg = cls.reshape(batch, -1, cls.shape[-1]), reg.reshape(batch, -1, reg.shape[-1])
             loss_cls, loss_box = tgt.rcnn_loss(cls, reg, t, giou_weight=self.giou_weight, stds=stds)
             weight = self.stage_loss_weights[k]

@@ -43,9 +43,12 @@ class BBoxHead(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
+    def __call__(self, x: jnp.ndarray, train: bool = False, rows: jnp.ndarray | None = None
+                 ) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """`rows` (R,) bool: the RoIs BatchNorm's training statistics are over (the sampled ones)."""
         for i in range(self.num_shared_convs):
-            x = ConvNormAct(self.conv_channels, 3, self.dtype, self.param_dtype, name=f"shared_convs_{i}")(x, train)
+            x = ConvNormAct(self.conv_channels, 3, self.dtype, self.param_dtype, name=f"shared_convs_{i}")(
+                x, train, rows)
         x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # PyTorch's flatten(1) of (R, C, H, W)
         for i in range(self.num_shared_fcs):
             x = nn.relu(nn.Dense(self.fc_channels, kernel_init=nn.initializers.xavier_uniform(),

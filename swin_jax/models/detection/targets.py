@@ -65,9 +65,10 @@ def _top_k_mask(priorities: jnp.ndarray, eligible: jnp.ndarray, count: jnp.ndarr
     return eligible & (rank < count)
 
 
-def sampling_priorities(key: jax.Array, count: int) -> jnp.ndarray:
-    """Uniform priorities for `random_sample`: the candidates a draw keeps are those it ranks highest."""
-    return jax.random.uniform(key, (count,))
+def sampling_priorities(key: jax.Array, stage: int, shape: tuple[int, ...]) -> jnp.ndarray:
+    """Uniform priorities for `random_sample` of one sampling stage (0 the RPN, k + 1 box stage k): the
+    candidates a draw keeps are those it ranks highest. One key per training step gives every stage's."""
+    return jax.random.uniform(jax.random.fold_in(key, stage), shape)
 
 
 # ---- the RPN's targets and loss (mmdet's AnchorHead.get_targets and loss with RPNHead's config) -------
