@@ -31,12 +31,12 @@ def get_config():
                                        window_size=4, drop_path_rate=0.1, channels=64, fc_channels=128,
                                        mask_channels=32, rpn_train_nms_pre=500, rpn_train_max_per_img=200,
                                        rpn_nms_pre=500, rpn_max_per_img=200, rcnn_samples=64, max_per_img=20))
-    config.total_steps = 1500
+    config.total_steps = 1200
     config.warmup_steps = 100
-    config.lr_milestones = (1200 * config.epochs // 1500,)  # epochs scaled with total_steps: step 1200
+    config.lr_milestones = (1000 * config.epochs // 1200,)  # epochs scaled with total_steps: step 1000
     config.base_lr = 2e-4
     config.lr_base_batch_size = 8
     config.log_every_steps = 50
-    config.eval_every_steps = 500
-    config.checkpoint_every_steps = 500
+    config.eval_every_steps = 400
+    config.checkpoint_every_steps = 400
     return config

@@ -166,7 +166,7 @@ class DetectionTrainSplit(sources.Split):
     has_masks: bool = True
 
 
-def _annotation_masks(coco: COCO, annotations, height: int, width: int, where: str) -> np.ndarray:
+def _annotation_masks(annotations, height: int, width: int, where: str) -> np.ndarray:
     """(n, H, W) uint8 instance masks of the kept annotations (polygons or RLE, COCO's annToMask)."""
     from pycocotools import mask as mask_utils
 
@@ -210,7 +210,7 @@ def folder_train_split(root: str, split: str, process_index: int, process_count:
 
     def masks_of(i):
         path, image, _, _, kept, _, _ = mine[int(i)]
-        return _annotation_masks(coco, kept, image["height"], image["width"], path)
+        return _annotation_masks(kept, image["height"], image["width"], path)
 
     dataset = tf.data.Dataset.from_tensor_slices({
         "index": np.arange(len(mine), dtype=np.int64), "path": [r[0] for r in mine],
