@@ -48,6 +48,6 @@ def get_config(arg: str = "mask_rcnn_swin_tiny_patch4_window7") -> "ml_collectio
     config.epochs, config.lr_milestones = (12, (8, 11)) if schedule == "1x" else (36, (27, 33))
     config.lr_gamma = 0.1
     config.warmup_steps = 500
-    config.warmup_lr = config.base_lr * 0.001
+    config.warmup_lr = config.get_ref("base_lr") * 0.001  # mmcv's warmup_ratio: follows any base_lr
     config.eval_every_steps = 0  # once per epoch, as mmdet's EvalHook
     return config
