@@ -6,11 +6,12 @@ metrics in metrics.jsonl."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from swin_jax.data import DataError, coco, detection
-from test_coco_eval import ARCH, CATEGORIES, HEADS, detection_config, make_folder, mocked_tfds_coco
+from test_coco_eval import detection_config, make_folder, mocked_tfds_coco
 
 
 def tight_box(mask):
@@ -179,24 +180,12 @@ def test_eight_devices_match_one():
     def losses(devices):
         return train_losses(config, devices, iter(data.detection_train_input(config.input, seed=0)), 10)
 
-    one, stats_one = losses(jax_devices()[:1])
-    eight, stats_eight = losses(jax_devices())
+    one, stats_one = losses(jax.devices()[:1])
+    eight, stats_eight = losses(jax.devices())
     np.testing.assert_allclose(eight, one, rtol=2e-5)
     assert one[-1] != one[0]
-    for a, b in zip(_leaves(stats_eight), _leaves(stats_one)):
+    for a, b in zip(jax.tree.leaves(stats_eight), jax.tree.leaves(stats_one)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
-def jax_devices():
-    import jax
-
-    return jax.devices()
-
-
-def _leaves(tree):
-    import jax
-
-    return jax.tree.leaves(tree)
 
 
 def test_a_run_stopped_by_sigterm_resumes_with_the_same_losses(tmp_path):
