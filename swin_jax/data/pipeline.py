@@ -353,6 +353,14 @@ DETECTION_SPLITS = {"folder": ("train2017", "val2017"), "demo_scenes": ("train",
 DETECTION_TFDS_SPLITS = ("train", "validation")
 
 
+def _coco_folder(config) -> str:
+    """config.data_dir of a COCO-format folder, required."""
+    if not config.data_dir:
+        raise DataError("config.input.dataset='folder' needs config.input.data_dir, the folder that holds "
+                        "annotations/instances_SPLIT.json and SPLIT/IMAGE (COCO's layout)")
+    return config.data_dir
+
+
 def open_detection_split(config, split: str | None = None):
     """The evaluation split of config.input (a detection_config) with its ground truth: coco.DetectionSplit."""
     from swin_jax.data import coco
@@ -361,10 +369,7 @@ def open_detection_split(config, split: str | None = None):
     if config.dataset == "demo_scenes":
         return coco.scenes_eval_split(split, config.demo_eval_scenes, size=config.demo_scene_size)
     if config.dataset == "folder":
-        if not config.data_dir:
-            raise DataError("config.input.dataset='folder' needs config.input.data_dir, the folder that holds "
-                            "annotations/instances_SPLIT.json and SPLIT/IMAGE (COCO's layout)")
-        return coco.folder_split(config.data_dir, split)
+        return coco.folder_split(_coco_folder(config), split)
     return coco.tfds_split(config.dataset, split, data_dir=config.data_dir, download=config.download)
 
 
@@ -373,10 +378,7 @@ def open_detection_train_split(config, process_index: int, process_count: int):
 
     split = config.train_split or DETECTION_SPLITS.get(config.dataset, DETECTION_TFDS_SPLITS)[0]
     if config.dataset == "folder":
-        if not config.data_dir:
-            raise DataError("config.input.dataset='folder' needs config.input.data_dir, the folder that holds "
-                            "annotations/instances_SPLIT.json and SPLIT/IMAGE (COCO's layout)")
-        return coco.folder_train_split(config.data_dir, split, process_index, process_count, config.max_objects)
+        return coco.folder_train_split(_coco_folder(config), split, process_index, process_count, config.max_objects)
     if config.dataset == "demo_scenes":
         return coco.scenes_train_split(split, config.demo_train_scenes, size=config.demo_scene_size,
                                        process_index=process_index, process_count=process_count)

@@ -29,7 +29,6 @@ class Task:
 
     name: str = ""
     best_metric: str = ""  # the eval metric (higher is better) whose best checkpoint is kept
-    trains: bool = True  # False: the task only evaluates (config.eval_only)
 
     def inputs(self, config, *, train: bool):
         """(training Input or None when not training, evaluation Input); swin_jax.data.pipeline.Input."""

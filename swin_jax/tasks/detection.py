@@ -141,13 +141,12 @@ class Detection(Task):
         images = on_device.segmentation_batch(batch["image"], batch["valid"], dtype=jnp.dtype(config.model_dtype))
         targets = {k: batch[k] for k in ("gt_boxes", "gt_labels", "gt_valid", "gt_masks") if k in batch}
         losses, updated = model.apply({"params": params, **model_state}, images, batch["valid"], train=True,
-                                      targets=targets, sampling_key=rngs[0], mutable=["batch_stats", "intermediates"],
+                                      targets=targets, sampling_key=rngs[0], mutable=["batch_stats"],
                                       rngs={"dropout": rngs[1]})
-        state = {k: v for k, v in updated.items() if k != "intermediates"}
         extra = {name.replace(".", "_"): value for name, value in losses.items()}
         extra["boxes_clipped"] = jnp.sum(batch["boxes_clipped"]).astype(jnp.float32)
         extra["boxes_dropped"] = jnp.sum(batch["boxes_dropped"]).astype(jnp.float32)
-        return sum(losses.values()), (state, extra)
+        return sum(losses.values()), (dict(updated), extra)
 
     def eval_sums(self, model, variables, batch, config):
         """Every image's detections with what the host needs to score them (not sums: `accumulate` collects)."""

@@ -84,8 +84,6 @@ def load_init(path: str, model, class_map_path: str = "", seed: int = 0):
 
 
 def _check(config) -> None:
-    if not config.eval_only and not get_task(config).trains:
-        raise TrainingError(f"config.task={config.task!r} evaluates only for now: set config.eval_only=True")
     devices = jax.device_count()
     for field, value in (("batch_size", config.batch_size),
                          ("input.eval_batch_size", config.input.eval_batch_size or config.batch_size)):
