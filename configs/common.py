@@ -28,6 +28,9 @@ def get_config(model: str = "swin_tiny_patch4_window7_224") -> ml_collections.Co
     config.eval_every_steps = 0  # 0 = once per epoch
     config.checkpoint_every_steps = 1000
     config.keep_checkpoints = 3
+    # Multi-process runs: a process silent this long is reported lost (which one, at which step) and every
+    # other process exits, leaving the checkpoints saved before; 0 leaves it to JAX's heartbeat (100 s).
+    config.lost_process_timeout_s = 20.0
 
     config.input = data.default_config()
     config.input.dataset = config.get_ref("dataset")

@@ -114,6 +114,13 @@ class TrainCheckpoints:
     def save(self, step: int, state, *, metrics: dict | None = None, force: bool = False) -> None:
         self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=force)
 
+    def describe_latest(self) -> str:
+        """A sentence naming the newest complete step on disk (read afresh: safe while a save is in flight)."""
+        steps = ocp.utils.checkpoint_steps(self.directory)
+        if not steps:
+            return f"No checkpoint is complete in {self.directory}."
+        return f"The last complete checkpoint is step {max(steps)} in {self.directory}."
+
     def reached_preemption(self, step: int) -> bool:
         """True on every process at the same step once any of them was told to stop (multi-process
         jobs, through JAX's preemption sync point)."""

@@ -18,13 +18,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(worker: str, num_processes: int, devices_per_process: int, *args: str, timeout: float = 300) -> list[dict]:
+def start(worker: str, num_processes: int, devices_per_process: int, *args: str) -> list[subprocess.Popen]:
     port = free_port()
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
-               JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
-    procs = [subprocess.Popen([sys.executable, os.path.join(WORKERS, worker), str(i), str(num_processes), str(port),
-                               *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(num_processes)]
+               JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    return [subprocess.Popen([sys.executable, os.path.join(WORKERS, worker), str(i), str(num_processes), str(port),
+                              *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(num_processes)]
+
+
+def run(worker: str, num_processes: int, devices_per_process: int, *args: str, timeout: float = 300) -> list[dict]:
+    procs = start(worker, num_processes, devices_per_process, *args)
     results = []
     try:
         for i, proc in enumerate(procs):

@@ -18,7 +18,7 @@ from swin_jax import checkpoint, data
 from swin_jax.convert import load_weights, read_class_map
 from swin_jax.models import registry
 from swin_jax.tasks import get_task
-from swin_jax.train import optim, sharding
+from swin_jax.train import optim, peers, sharding
 from swin_jax.train.metrics import MetricWriter
 from swin_jax.train.steps import TrainState, make_eval_step, make_train_step
 
@@ -51,17 +51,18 @@ class SigtermFlag:
             signal.signal(signal.SIGTERM, self.previous)
 
 
-def initialize_distributed() -> None:
+def initialize_distributed(lost_process_timeout_s: float = 0) -> None:
     """Join the other processes of a multi-host job. TPU pods, SLURM and Open MPI are detected by JAX;
-    elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
+    elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. JAX's own heartbeat
+    stays as the backstop, later than our PeerWatch, which names the lost process."""
     cluster = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
                "OMPI_COMM_WORLD_SIZE")
     slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
     if jax.distributed.is_initialized() or not (slurm or any(k in os.environ for k in cluster)):
         return
-    kwargs = {}
+    kwargs = dict(heartbeat_timeout_seconds=max(100, int(3 * lost_process_timeout_s)))
     if "JAX_COORDINATOR_ADDRESS" in os.environ:
-        kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        kwargs.update(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
                       num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
                       process_id=int(os.environ["JAX_PROCESS_ID"]))
     if os.environ.get("JAX_PLATFORMS", "") == "cpu":
@@ -174,7 +175,7 @@ def _model_line(config, model, n_params: int) -> str:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train (or, with config.eval_only, evaluate) as `config` says; returns the last eval metrics."""
-    initialize_distributed()
+    initialize_distributed(config.lost_process_timeout_s)
     _check(config)
     workdir = os.path.abspath(workdir)
     mesh = sharding.make_mesh()
@@ -183,6 +184,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     task = get_task(config)
     checkpoints = checkpoint.TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                                               best_metric=task.best_metric)
+    with peers.PeerWatch(config.lost_process_timeout_s, checkpoints.describe_latest) as watch:
+        return _run(config, workdir, task, checkpoints, watch, mesh, batch_sharding)
+
+
+def _run(config, workdir, task, checkpoints, watch: peers.PeerWatch, mesh, batch_sharding) -> dict:
     training, evaluation = task.inputs(config, train=not config.eval_only)
     num_classes = evaluation.num_classes
     model = build_model(config, num_classes)
@@ -263,6 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         sigterm = SigtermFlag()
         try:
             for step in range(start_step + 1, total_steps + 1):
+                watch.step = step
                 state, metrics = train_step(state, next(batches))
                 pending.append(metrics)
                 if step % config.log_every_steps == 0 or step == total_steps:
