@@ -77,7 +77,14 @@ def _path_name(path) -> str:
 
 
 class CheckpointError(ValueError):
-    """A training checkpoint that cannot be restored into the configured model."""
+    """A training checkpoint that cannot be restored into the configured model, or cannot be written."""
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an error's message (orbax's run to pages), at most 400 characters."""
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return line if len(line) <= 400 else f"{line[:150]} ... {line[-240:]}"  # the cause is at the end
 
 
 class TrainCheckpoints:
@@ -101,6 +108,8 @@ class TrainCheckpoints:
         # Naming the handler lets a fresh process read a step's metadata before restoring it.
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_handlers=ocp.StandardCheckpointHandler())
+        self._writing = None  # the step being written in the background
+        self._failed = False
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -112,7 +121,33 @@ class TrainCheckpoints:
         return self.manager.best_step()
 
     def save(self, step: int, state, *, metrics: dict | None = None, force: bool = False) -> None:
-        self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=force)
+        """Start writing `step` in the background, once the previous write is complete. A write that fails
+        (a full disk, a directory made read-only) is a CheckpointError naming the step and the directory."""
+        self.wait()
+        try:
+            self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=force)
+        except Exception as e:  # noqa: BLE001  file systems fail in many ways
+            raise self._write_error(step, e) from e
+        self._writing = step
+
+    def check(self) -> None:
+        """Raise the error of a background write that failed, if any; cheap enough for every step."""
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001
+            raise self._write_error(self._writing, e) from e
+
+    def _write_error(self, step, error: BaseException) -> CheckpointError:
+        self._failed = True
+        try:
+            kept = ocp.utils.checkpoint_steps(self.directory)
+        except Exception:  # noqa: BLE001  the same disk may refuse a listing
+            kept = []
+        resume = (f"the complete checkpoints (step{'s' * (len(kept) > 1)} {', '.join(map(str, sorted(kept)))}) are kept; "
+                  f"fix the disk and run the same command to resume from step {max(kept)}") if kept else \
+            "no checkpoint was completed"
+        return CheckpointError(f"could not write the checkpoint of step {step} in {self.directory}: "
+                               f"{_reason(error)}\nThe run stops: {resume}.")
 
     def describe_latest(self) -> str:
         """A sentence naming the newest complete step on disk (read afresh: safe while a save is in flight)."""
@@ -188,7 +223,7 @@ class TrainCheckpoints:
             except CheckpointError:
                 raise
             except Exception as e:  # noqa: BLE001  damaged files raise many kinds of error
-                reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                reason = _reason(e)
                 logging.getLogger(__name__).warning("skipping checkpoint step %d in %s, it does not restore: %s",
                                                     step, self.directory, reason)
                 failures.append(f"step {step}: {reason}")
@@ -198,8 +233,19 @@ class TrainCheckpoints:
         return None, None
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Wait for the write in flight; its failure is a CheckpointError naming its step."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._write_error(self._writing, e) from e
+        self._writing = None
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Wait for the write in flight (an error if it fails, unless one was raised already) and close."""
+        if not self._failed:
+            self.wait()
+        try:
+            self.manager.close()
+        except Exception:  # noqa: BLE001  the failed write, raised before
+            if not self._failed:
+                raise

@@ -39,7 +39,8 @@ def run(flags, workdir, timeout=600) -> str:
 
 
 def interrupt(flags, workdir, sig, after_step, timeout=600):
-    """Start a run and send `sig` once step `after_step` is logged; returns the process's exit and output."""
+    """Start a run and send `sig` once step `after_step` is logged (or call `sig(process)`); returns the
+    process's exit and output."""
     process = start(flags, workdir)
     deadline = time.time() + timeout
     try:
@@ -47,7 +48,7 @@ def interrupt(flags, workdir, sig, after_step, timeout=600):
             assert process.poll() is None, process.communicate()[1][-3000:]
             assert time.time() < deadline, "the run did not reach the step in time"
             time.sleep(0.05)
-        process.send_signal(sig)
+        sig(process) if callable(sig) else process.send_signal(sig)
         out, err = process.communicate(timeout=timeout)
     finally:
         if process.poll() is None:

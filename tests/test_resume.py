@@ -1,5 +1,6 @@
 """Exact resume after SIGTERM (preemption) and SIGKILL, through train.py in fresh processes."""
 
+import resource
 import signal
 
 import pytest
@@ -31,3 +32,23 @@ def test_sigkill_resumes_from_the_last_complete_checkpoint_bitwise(tmp_path, ref
     assert sorted(resumed) == list(range(restarted + 1, STEPS + 1))
     for step in resumed:
         assert resumed[step] == reference[step], step
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_loses_nothing(tmp_path, reference):
+    """A full disk, simulated by limiting the run's file size to 1 MB after step 7 (the checkpoint files
+    are larger): the write of step 10 fails, the run stops with an error naming the step and the
+    directory, step 5 stays complete, and the same command resumes from it."""
+    def fill_the_disk(process):
+        resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    code, _, err = runs.interrupt(FLAGS, tmp_path, fill_the_disk, after_step=7)
+    assert code == 1, err[-3000:]
+    message = err.strip().splitlines()[-2:]
+    assert message[0].startswith(f"error: could not write the checkpoint of step 10 in {tmp_path / 'checkpoints'}: ")
+    assert "File too large" in message[0]
+    assert message[1] == ("The run stops: the complete checkpoints (step 5) are kept; fix the disk and run the same "
+                          "command to resume from step 5.")
+    assert max(runs.losses(tmp_path)) <= 15  # stopped once the write failed, at the next save at the latest
+    resumed, out = runs.resumed_run(FLAGS, tmp_path)
+    assert "resumed from the checkpoint of step 5" in out
+    assert resumed == {s: reference[s] for s in range(6, STEPS + 1)}

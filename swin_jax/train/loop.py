@@ -270,6 +270,7 @@ def _run(config, workdir, task, checkpoints, watch: peers.PeerWatch, mesh, batch
         try:
             for step in range(start_step + 1, total_steps + 1):
                 watch.step = step
+                checkpoints.check()  # a background write that failed stops the run now, naming its step
                 state, metrics = train_step(state, next(batches))
                 pending.append(metrics)
                 if step % config.log_every_steps == 0 or step == total_steps:
