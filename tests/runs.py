@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -64,23 +65,80 @@ def resumed_run(flags, workdir):
     return losses(workdir, before), out
 
 
-def check_sigterm_resume(flags, root, steps: int, after_step: int, reference: dict | None = None) -> dict:
-    """SIGTERM after `after_step`: the run saves and exits 0; the same command resumes from that step and
-    logs, bitwise, the losses of an uninterrupted run (`reference`, or one made here). Returns the
-    reference losses."""
+def _writes_in_flight(checkpoints) -> set[tuple[str, int]]:
+    """(name, inode) of each step orbax is writing: it writes STEP.orbax-checkpoint-tmp* and renames it when
+    complete."""
+    try:
+        return {(e.name, e.inode()) for e in os.scandir(checkpoints) if "orbax-checkpoint-tmp" in e.name}
+    except FileNotFoundError:
+        return set()
+
+
+def kill_during_save(flags, workdir, timeout=600) -> str:
+    """Start a run and SIGKILL it while it writes a checkpoint: stopped the moment a new step's temporary
+    directory appears, so the kill lands inside the write. Returns the name of the step left half-written."""
+    checkpoints = os.path.join(workdir, "checkpoints")
+    stale = _writes_in_flight(checkpoints)
+    process = start(flags, workdir)
+    deadline = time.time() + timeout
+    try:
+        while not (writing := _writes_in_flight(checkpoints) - stale):
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.time() < deadline, "the run wrote no checkpoint in time"
+            time.sleep(0.001)
+        process.send_signal(signal.SIGSTOP)
+        process.kill()
+        process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    name = sorted(writing)[0][0]
+    assert os.path.exists(os.path.join(checkpoints, name)), "the write finished before the kill"
+    return name
+
+
+def _resumed_from(out: str) -> int:
+    return int(out.split("resumed from the checkpoint of step ")[1].split()[0])
+
+
+def check_resumes(flags, root, steps: int, after_step: int, reference: dict | None = None, seed: int = 0) -> dict:
+    """One run interrupted three times, each time followed by the same command; every leg must log,
+    bitwise, the losses of an uninterrupted run (`reference`, or one made here) from its checkpoint on:
+    SIGTERM after `after_step` (saves that step, exits 0); SIGKILL at a random step (resumes from the last
+    checkpoint); SIGKILL in the middle of a checkpoint's write (the half-written step is never used).
+    Returns the reference losses."""
     if reference is None:
         run(flags, os.path.join(root, "reference"))
         reference = losses(os.path.join(root, "reference"))
     assert sorted(reference) == list(range(1, steps + 1))
     workdir = os.path.join(root, "interrupted")
+
+    def same_losses(since):
+        got = losses(workdir, since)
+        assert got == {s: reference[s] for s in got}  # bitwise: same batches, rng, state, program
+        return got
+
     code, out, err = interrupt(flags, workdir, signal.SIGTERM, after_step)
     assert code == 0 and "stopping at step" in out, err[-3000:]
     stopped = int(out.split("stopping at step ")[1].split()[0])
-    assert after_step <= stopped < steps
+    assert after_step <= stopped < steps - 2
+
+    before = len(rows(workdir))
+    killed_at = random.Random(seed).randint(stopped + 1, steps - 2)
+    code, out, err = interrupt(flags, workdir, signal.SIGKILL, killed_at)
+    assert code == -signal.SIGKILL and f"resumed from the checkpoint of step {stopped}" in out, err[-3000:]
+    assert min(same_losses(before)) == stopped + 1  # nothing before the checkpoint again
+
+    before = len(rows(workdir))
+    half_written = kill_during_save(flags, workdir)
+    assert min(same_losses(before)) > stopped
+
+    before = len(rows(workdir))
     resumed, out = resumed_run(flags, workdir)
-    assert f"resumed from the checkpoint of step {stopped}" in out
-    assert sorted(resumed) == list(range(stopped + 1, steps + 1))  # nothing before the checkpoint again
-    assert resumed == {s: reference[s] for s in resumed}  # bitwise: same batches, rng, state, program
+    assert _resumed_from(out) < int(half_written.split(".")[0])
+    assert sorted(resumed) == list(range(_resumed_from(out) + 1, steps + 1))
+    same_losses(before)
     return reference
 
 
@@ -102,3 +160,39 @@ def train_losses(config, devices, batches, num_classes: int, steps: int = 3, ste
             state, metrics = train_step(state, jax.device_put(next(batches), sharding.batch_sharding(mesh)))
             out.append(float(metrics["train_loss"]))
         return out, jax.device_get(state.model_state)
+
+
+def save_on_eight_restore_on_four(config, batches, num_classes: int, directory, saved_after: int = 2,
+                                  more: int = 2, steps_per_epoch: int = 4):
+    """In this process: `saved_after + more` steps on 8 devices with a checkpoint after `saved_after`, and the
+    same last `more` steps again from that checkpoint restored onto 4 devices. Returns the losses and the
+    model state at the end (BatchNorm statistics) of each: (eight, eight_state, four, four_state)."""
+    import jax
+
+    from swin_jax.checkpoint import TrainCheckpoints
+    from swin_jax.train import optim, sharding
+    from swin_jax.train.loop import build_model, build_training
+
+    model = build_model(config, num_classes)
+    lr = optim.schedule(config, config.total_steps, steps_per_epoch)
+    batches = [next(batches) for _ in range(saved_after + more)]
+
+    def train(devices, restore: bool):
+        mesh = sharding.make_mesh(devices)
+        with jax.set_mesh(mesh):
+            state, shardings, train_step = build_training(config, model, lr, mesh, num_classes)
+            checkpoints = TrainCheckpoints(directory)
+            out = []
+            if restore:
+                target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
+                step, state = checkpoints.restore_latest(target)
+                assert step == saved_after
+            for i, batch in enumerate(batches[saved_after if restore else 0:], saved_after if restore else 0):
+                state, metrics = train_step(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
+                out.append(float(metrics["train_loss"]))
+                if i + 1 == saved_after and not restore:
+                    checkpoints.save(saved_after, state)
+            checkpoints.close()
+            return out, jax.device_get(state.model_state)
+
+    return (*train(jax.devices(), restore=False), *train(jax.devices()[:4], restore=True))

@@ -167,36 +167,42 @@ def tiny_demo(**overrides):
     return config
 
 
-def test_eight_devices_match_one():
+def test_eight_devices_match_one_and_a_checkpoint_of_eight_continues_on_four(tmp_path):
     """The sampled RoIs, the Cascade heads' BatchNorm over the global batch: the same losses on 8 devices
-    as on 1."""
-    from runs import train_losses
+    as on 1; a state saved on 8 devices restores onto 4 and continues with the losses and statistics of
+    the 8 (the sampling keys come from the restored step and rng)."""
+    from runs import save_on_eight_restore_on_four, train_losses
     from swin_jax import data
 
-    config = tiny_demo(total_steps=3)
+    config = tiny_demo(total_steps=4)
     config.model = "cascade_mask_rcnn_swin_tiny_patch4_window7"
     config.input.batch_size = 8
 
-    def losses(devices):
-        return train_losses(config, devices, iter(data.detection_train_input(config.input, seed=0)), 10)
+    def batches():
+        return iter(data.detection_train_input(config.input, seed=0))
 
-    one, stats_one = losses(jax.devices()[:1])
-    eight, stats_eight = losses(jax.devices())
+    one, stats_one = train_losses(config, jax.devices()[:1], batches(), 10, steps=4)
+    eight, stats_eight, four, stats_four = save_on_eight_restore_on_four(config, batches(), 10,
+                                                                         tmp_path / "checkpoints")
     np.testing.assert_allclose(eight, one, rtol=2e-5)
     assert one[-1] != one[0]
     for a, b in zip(jax.tree.leaves(stats_eight), jax.tree.leaves(stats_one)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(four, eight[2:], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(stats_four), jax.tree.leaves(stats_eight)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_a_run_stopped_by_sigterm_resumes_with_the_same_losses(tmp_path):
-    """SIGTERM mid-run: saved, exit 0; the same command resumes and logs bitwise the losses of an
-    uninterrupted run (the sampling keys follow the step, the data order resumes)."""
+def test_a_run_stopped_by_sigterm_sigkill_or_a_kill_during_a_save_resumes_with_the_same_losses(tmp_path):
+    """SIGTERM mid-run (saved, exit 0), then SIGKILL at a random step, then SIGKILL while a checkpoint is
+    written: each time the same command resumes and logs bitwise the losses of an uninterrupted run (the
+    sampling keys follow the step, the data order resumes)."""
     import runs
 
-    steps = 8
+    steps = 12
     flags = ["--config", "configs/demo_det.py", f"--config.total_steps={steps}", "--config.warmup_steps=0",
              "--config.lr_milestones=()", "--config.log_every_steps=1", "--config.eval_every_steps=1000",
              "--config.checkpoint_every_steps=4", "--config.batch_size=4"]
     flags += [f"--config.model_overrides.{k}={v}" for k, v in TINY.items()]
     flags += [f"--config.input.{k}={v}" for k, v in TINY_INPUT.items()]
-    runs.check_sigterm_resume([f.replace(" ", "") for f in flags], tmp_path, steps, after_step=5)
+    runs.check_resumes([f.replace(" ", "") for f in flags], tmp_path, steps, after_step=5)

@@ -1,6 +1,7 @@
 """Segmentation input: the folder source's checks (each bad input named, nothing written), ADE20K's
 reduce_zero_label, evaluation batches of bounded shapes, TFDS scene_parse150 (mocked)."""
 
+import itertools
 import os
 
 import numpy as np
@@ -43,7 +44,7 @@ def good_folder(root):
     ("value", "class values 9 are not below num_classes=4"),
     ("lonely_image", "has no annotation"),
     ("lonely_label", "has no image"),
-    ("size", "annotation is 20x30 but its image"),
+    ("size", r"cannot be used \(config.input.skip_bad_files=False\): .*bad.png: annotation is 20x30 but its image"),
     ("rgb", "annotation has mode RGB"),
 ])
 def test_bad_folders_are_named(tmp_path, problem, expected):
@@ -60,10 +61,29 @@ def test_bad_folders_are_named(tmp_path, problem, expected):
         write_pair(root, "training", "bad", mode="RGB")
     before = sorted(os.walk(root))
     with pytest.raises(DataError, match=expected) as error:
-        pipeline.segmentation_train_input(folder_config(root), seed=0)
+        pipeline.segmentation_train_input(folder_config(root, skip_bad_files=False), seed=0)
     if problem in ("value", "size", "rgb"):
         assert "bad.png" in str(error.value)
     assert sorted(os.walk(root)) == before  # nothing written or moved
+
+
+def test_damaged_pairs_in_the_middle_of_a_folder_are_skipped_named_and_counted(tmp_path, caplog):
+    """An image that does not decode and an annotation of another size between good pairs: both left
+    out with a warning naming the file, counted, and training goes on with the rest."""
+    import logging
+
+    root = good_folder(tmp_path / "ade")
+    write_pair(root, "training", "img1b", size=(40, 30), label_size=(20, 30))
+    write_pair(root, "training", "img1c")
+    broken = os.path.join(root, "images", "training", "img1c.jpg")
+    with open(broken, "r+b") as f:
+        f.truncate(os.path.getsize(broken) // 2)
+    with caplog.at_level(logging.WARNING):
+        training = pipeline.segmentation_train_input(folder_config(root, batch_size=1), seed=0)
+    assert training.num_examples == 3 and training.skipped_files == 2
+    assert f"skipping {broken}: " in caplog.text
+    assert "img1b.png: annotation is 20x30 but its image" in caplog.text
+    assert len(list(itertools.islice(training, 4))) == 4
 
 
 def test_reduce_zero_label_and_ignore_padding(tmp_path):

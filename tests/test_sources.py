@@ -1,4 +1,6 @@
 import io
+import itertools
+import json
 import logging
 import os
 
@@ -71,6 +73,33 @@ def test_folder_skips_bad_files_with_a_warning_naming_each(image_folder, caplog)
     assert "truncated.jpg" in messages and "notes.jpg" in messages
     assert "skipped 2 of 14 files" in messages
     assert split.total_examples == 12 and split.num_classes == 3
+    assert [entry.split(": ")[0] for entry in split.skipped] == [os.path.join(image_folder, "train", "cat", name)
+                                                                 for name in ("notes.jpg", "truncated.jpg")]
+    with pytest.raises(DataError, match=r"2 of 14 files cannot be used \(config.input.skip_bad_files=False\): "
+                                        r".*notes.jpg: .*truncated.jpg: "):
+        sources.folder_split(image_folder, "train", process_index=0, process_count=1, skip_bad_files=False)
+
+
+def test_a_run_on_a_folder_with_bad_files_goes_on_and_counts_them(image_folder, tmp_path, caplog):
+    """Two bad files among the training images: the run names each in the log, counts them in
+    metrics.jsonl and trains; with skip_bad_files=False it stops before its first step, naming them."""
+    from configs import demo
+    from swin_jax.train import train_and_evaluate
+
+    config = demo.get_config()
+    config.update(dict(dataset="folder", total_steps=2, batch_size=8, log_every_steps=1, eval_every_steps=1000,
+                       checkpoint_every_steps=1000))
+    config.input.data_dir = image_folder
+    with caplog.at_level(logging.WARNING, logger=sources.__name__):
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert "truncated.jpg" in caplog.text and "notes.jpg" in caplog.text
+    with open(tmp_path / "run" / "metrics.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert rows[0] == {"step": 0, "train_skipped_files": 2.0}
+    assert [r["step"] for r in rows if "train_loss" in r] == [1, 2]
+    config.input.skip_bad_files = False
+    with pytest.raises(DataError, match="truncated.jpg"):
+        train_and_evaluate(config, str(tmp_path / "stopped"))
 
 
 def test_folder_converts_grey_cmyk_and_alpha_to_rgb(image_folder):
@@ -202,3 +231,15 @@ def test_every_process_gets_the_same_number_of_steps_and_each_example_counts_onc
         steps.add(("train", train.steps, train.local_batch_size))
     assert steps == {8, ("train", 29, 16)}  # 360 / 3 = 120 per process in batches of 16 -> 8 steps
     np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.sort(sources.demo_arrays("test")[1]))
+
+
+def test_a_file_damaged_after_the_check_stops_the_input_with_a_clear_error(tmp_path):
+    root = tmp_path / "folder"
+    for i in range(4):
+        _save(str(root / "train" / "a" / f"{i}.jpg"), Image.fromarray(_photo(40, 40, i)), "JPEG")
+    training = data.train_input(_folder_config(str(root), batch_size=2), seed=0)
+    with open(root / "train" / "a" / "2.jpg", "wb") as f:
+        f.write(b"\xff\xd8 no longer a JPEG")
+    with pytest.raises(DataError, match="the input failed while reading: .*run the same command to check them again"):
+        for _ in itertools.islice(training, 4):
+            pass

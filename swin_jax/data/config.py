@@ -22,6 +22,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.shuffle_buffer = 10_000
     c.shard = "process"  # 'process': each reads its share; 'global': same batches for any process count
     c.cache = False  # keep the (encoded) split in memory after the first epoch
+    # Image folders: files that do not decode are skipped, each named in the log and counted in
+    # metrics.jsonl (train_skipped_files, eval_skipped_files); False: the run stops, naming them.
+    c.skip_bad_files = True
     c.threads = 0  # tf.data private thread pool per process; 0 = TensorFlow's default
     # Training augmentation (timm create_transform with the Swin config); erasing happens on device.
     c.scale = (0.08, 1.0)
@@ -67,6 +70,9 @@ def segmentation_config() -> ml_collections.ConfigDict:
     # or 'demo_scenes' (digit scenes made in memory).
     c.dataset = "folder"
     c.data_dir = ml_collections.config_dict.placeholder(str)
+    # Folders: pairs that do not decode, or whose annotation is not the size of its image, are skipped,
+    # each named in the log and counted in metrics.jsonl; False: the run stops, naming them.
+    c.skip_bad_files = True
     c.train_split = ""  # '' = 'training' (folder), 'train' (TFDS, demo)
     c.eval_split = ""  # '' = 'validation' (folder), 'test' (TFDS, demo)
     c.download = False

@@ -41,13 +41,20 @@ class Input:
     class_names: tuple[str, ...] | None = None  # None: classes are known by their indices
     ground_truth: Any = None  # detection: the split's annotations (pycocotools COCO) the evaluation scores against
     category_ids: tuple[int, ...] | None = None  # detection: the annotations' category_id of each class
+    skipped_files: int = 0  # folders: files left out of the split as damaged
 
     def starting_at(self, step: int) -> "Input":
         """The same training stream from `step` on, without opening the data again."""
         return dataclasses.replace(self, dataset=self.build(step))
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        return self.dataset.as_numpy_iterator()
+        try:
+            yield from self.dataset.as_numpy_iterator()
+        except tf.errors.OpError as e:  # the files were checked when opened: one changed since
+            reason = (e.message or type(e).__name__).strip().splitlines()[0]
+            raise DataError(f"the input failed while reading: {reason}. Files are checked when a run opens its "
+                            "data, and those that do not decode are skipped: run the same command to check them "
+                            "again and resume from the last checkpoint") from None
 
 
 def _processes(process_index, process_count):
@@ -75,7 +82,7 @@ def open_split(config: ml_collections.ConfigDict, split: str, process_index: int
                             "train/CLASS/IMAGE and val/CLASS/IMAGE")
         return sources.folder_split(config.data_dir, split, process_index=process_index,
                                     process_count=process_count, train_split=_split_name(config, 0),
-                                    labelled=config.labelled)
+                                    labelled=config.labelled, skip_bad_files=config.skip_bad_files)
     if config.dataset == "demo":
         limit = config.get("demo_train_examples", 0) if split == _split_name(config, 0) else 0
         return sources.demo_split(split, process_index=process_index, process_count=process_count, limit=limit,
@@ -162,7 +169,7 @@ def training_stream(config, open_train_split, augment, *, seed: int, start_step:
         return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
 
     return Input(build(start_step), split.num_classes, split.total_examples, steps, local_batch, build,
-                 split.class_names)
+                 split.class_names, skipped_files=len(split.skipped))
 
 
 def eval_input(config: ml_collections.ConfigDict, *, split: str | None = None,
@@ -189,7 +196,8 @@ def eval_input(config: ml_collections.ConfigDict, *, split: str | None = None,
     dataset = dataset.concatenate(padding.repeat(steps * local_batch - data.num_examples))
     dataset = dataset.batch(local_batch, drop_remainder=True)
     dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
-    return Input(dataset, data.num_classes, data.total_examples, steps, local_batch, class_names=data.class_names)
+    return Input(dataset, data.num_classes, data.total_examples, steps, local_batch, class_names=data.class_names,
+                 skipped_files=len(data.skipped))
 
 
 def _synthetic(config, local_batch, seed, start_step, process_index, *, train: bool) -> Input:
@@ -247,7 +255,8 @@ def open_segmentation_split(config, split: str, process_index: int, process_coun
         return sources.segmentation_folder_split(config.data_dir, split, process_index=process_index,
                                                  process_count=process_count, num_classes=config.num_classes,
                                                  reduce_zero_label=config.reduce_zero_label,
-                                                 ignore_index=config.ignore_index, class_names=names)
+                                                 ignore_index=config.ignore_index, class_names=names,
+                                                 skip_bad_files=config.skip_bad_files)
     if config.dataset == "demo_scenes":
         count = config.demo_train_scenes if split == "train" else config.demo_eval_scenes
         return sources.scenes_split(split, count, size=config.demo_scene_size, process_index=process_index,
@@ -343,7 +352,8 @@ def segmentation_eval_input(config: ml_collections.ConfigDict, *, split: str | N
     dataset = batched_by_shape(dataset, {"image": 0, "label": ignore, "valid": 1, "label_size": 1, "mask": False},
                                global_batch, process_index, local_batch).with_options(_options(config))
     steps = math.ceil(data.total_examples / global_batch)  # at least; more where shapes leave short batches
-    return Input(dataset, data.num_classes, data.total_examples, steps, local_batch, class_names=data.class_names)
+    return Input(dataset, data.num_classes, data.total_examples, steps, local_batch, class_names=data.class_names,
+                 skipped_files=len(data.skipped))
 
 
 # ---------------------------------------------------------------------------------------------------

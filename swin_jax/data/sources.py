@@ -38,6 +38,22 @@ class Split:
     total_examples: int  # in the whole split, over all processes
     num_classes: int
     class_names: tuple[str, ...] | None = None
+    skipped: tuple[str, ...] = ()  # "PATH: why" of each file left out as damaged
+
+
+def _skip_or_stop(bad: list[tuple[str, str]], total: int, where: str, skip: bool) -> None:
+    """Bad files of a folder: each logged and left out, or, with config.input.skip_bad_files=False, an
+    error naming them."""
+    if not bad:
+        return
+    if not skip:
+        raise DataError(f"{where}: {len(bad)} of {total} files cannot be used (config.input.skip_bad_files=False): " +
+                        "; ".join(f"{path}: {why}" for path, why in bad[:5]) + ("; ..." if len(bad) > 5 else ""))
+    for path, why in bad:
+        log.warning("skipping %s: %s", path, why)
+    log.warning("skipped %d of %d files in %s that cannot be used", len(bad), total, where)
+    if len(bad) == total:
+        raise DataError(f"{where}: none of its {total} files can be used, e.g. {bad[0][0]}: {bad[0][1]}")
 
 
 def _shares(n: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -163,9 +179,11 @@ def folder_classes(root: str, train_split: str = "train") -> list[str]:
 
 
 def folder_split(root: str, split: str, *, process_index: int, process_count: int,
-                 train_split: str = "train", check_workers: int | None = None, labelled: bool = True) -> Split:
+                 train_split: str = "train", check_workers: int | None = None, labelled: bool = True,
+                 skip_bad_files: bool = True) -> Split:
     """One split of root/{train,val}/CLASS/IMAGE. Classes are the sorted sub-folders of the train split,
-    so labels agree between splits; unreadable files are skipped with a warning naming each one.
+    so labels agree between splits; unreadable files are skipped with a warning naming each one (or,
+    with `skip_bad_files=False`, an error).
     `labelled=False` takes every image under root/SPLIT, in sub-folders or not, with label 0 (SimMIM)."""
     classes = folder_classes(root, train_split) if labelled else [""]
     directory = os.path.join(root, split)
@@ -183,19 +201,15 @@ def folder_split(root: str, split: str, *, process_index: int, process_count: in
     with concurrent.futures.ThreadPoolExecutor(check_workers or min(32, (os.cpu_count() or 1) * 4)) as pool:
         problems = list(pool.map(_check_image, paths))
     bad = [(p, why) for p, why in zip(paths, problems) if why]
-    for path, why in bad:
-        log.warning("skipping %s: %s", path, why)
-    if bad:
-        log.warning("skipped %d of %d files in %s that are not readable images", len(bad), len(paths), directory)
+    _skip_or_stop(bad, len(paths), f"image folder {directory}", skip_bad_files)
     keep = [i for i, why in enumerate(problems) if not why]
-    if not keep:
-        raise DataError(f"image folder {directory}: none of its {len(paths)} files is a readable image")
     paths = np.array(paths)[keep][process_index::process_count]
     labels = np.array(labels, np.int64)[keep][process_index::process_count]
     local, largest = _shares(len(keep), process_index, process_count)
     dataset = tf.data.Dataset.from_tensor_slices({"path": paths, "label": labels})
     dataset = dataset.map(lambda ex: {"image": tf.io.read_file(ex["path"]), "label": ex["label"]})
-    return Split(dataset, local, largest, len(keep), len(classes), tuple(classes) if labelled else None)
+    return Split(dataset, local, largest, len(keep), len(classes), tuple(classes) if labelled else None,
+                 tuple(f"{p}: {why}" for p, why in bad))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -275,40 +289,47 @@ def _stems(directory: str, extensions) -> dict[str, str]:
 
 
 def _check_pair(image_path: str, label_path: str, num_classes: int, reduce_zero_label: bool,
-                ignore_index: int) -> str | None:
-    """Why an image and its annotation cannot be trained on, or None."""
+                ignore_index: int) -> tuple[str, str, bool] | None:
+    """(the file, why the pair cannot be trained on, whether that is damage to the file rather than
+    settings that do not fit the dataset), or None."""
     from PIL import Image
 
+    why = _check_image(image_path)
+    if why:
+        return image_path, why, True
     try:
         with Image.open(image_path) as image:
             image_size = image.size
         with Image.open(label_path) as label:
             if label.mode not in ("L", "P"):
-                return (f"{label_path}: annotation has mode {label.mode} ({len(label.getbands())} channels); a "
-                        "single-channel PNG of class indices is expected")
+                return (label_path, f"annotation has mode {label.mode} ({len(label.getbands())} channels); a "
+                        "single-channel PNG of class indices is expected", False)
             if label.size != image_size:
-                return (f"{label_path}: annotation is {label.size[0]}x{label.size[1]} but its image {image_path} "
-                        f"is {image_size[0]}x{image_size[1]}")
+                return (label_path, f"annotation is {label.size[0]}x{label.size[1]} but its image {image_path} "
+                        f"is {image_size[0]}x{image_size[1]}", True)
             values = np.unique(np.asarray(label))
     except Exception as e:  # PIL raises many types for bad files
-        return f"{image_path} / {label_path}: not readable ({type(e).__name__}: {e})"
+        return label_path, f"not readable ({type(e).__name__}: {e})", True
     if reduce_zero_label:
         values = np.where(values == 0, 255, values - 1)
         values = np.where(values == 254, 255, values)
     bad = values[(values >= num_classes) & (values != ignore_index)]
     if bad.size:
         shown = ", ".join(str(v + 1 if reduce_zero_label else v) for v in bad[:8])
-        return (f"{label_path}: class values {shown} are not below num_classes={num_classes}"
-                f"{' (after reduce_zero_label)' if reduce_zero_label else ''} nor the ignore index {ignore_index}")
+        return (label_path, f"class values {shown} are not below num_classes={num_classes}"
+                f"{' (after reduce_zero_label)' if reduce_zero_label else ''} nor the ignore index {ignore_index}", False)
     return None
 
 
 def segmentation_folder_split(root: str, split: str, *, process_index: int, process_count: int, num_classes: int,
                               reduce_zero_label: bool, ignore_index: int = 255, class_names=None,
-                              check_workers: int | None = None) -> Split:
+                              check_workers: int | None = None, skip_bad_files: bool = True) -> Split:
     """root/images/SPLIT/NAME.jpg with root/annotations/SPLIT/NAME.png (mmseg's custom dataset layout, as
-    ADEChallengeData2016). Every pair is checked before training starts; a missing partner, a size
-    mismatch, a multi-channel annotation or a class value out of range is an error naming the files."""
+    ADEChallengeData2016). Every pair is checked before training starts. A damaged pair (an image or
+    annotation that does not decode, an annotation of another size than its image) is skipped with a
+    warning naming it, or with `skip_bad_files=False` an error; what says the settings do not fit the
+    data (a missing partner, a multi-channel annotation, a class value out of range) is an error naming
+    the files."""
     image_dir, label_dir = os.path.join(root, "images", split), os.path.join(root, "annotations", split)
     for directory in (image_dir, label_dir):
         if not os.path.isdir(directory):
@@ -324,16 +345,20 @@ def segmentation_folder_split(root: str, split: str, *, process_index: int, proc
         raise DataError(f"segmentation folder {image_dir} has no image files ({', '.join(IMAGE_EXTENSIONS)})")
     stems = sorted(images)
     with concurrent.futures.ThreadPoolExecutor(check_workers or min(32, (os.cpu_count() or 1) * 4)) as pool:
-        problems = [p for p in pool.map(lambda k: _check_pair(images[k], labels[k], num_classes, reduce_zero_label,
-                                                               ignore_index), stems) if p]
+        checks = list(pool.map(lambda k: _check_pair(images[k], labels[k], num_classes, reduce_zero_label,
+                                                      ignore_index), stems))
+    problems = [f"{path}: {why}" for path, why, damage in filter(None, checks) if not damage]
     if problems:
         raise DataError(f"segmentation folder {root} ({split}): {len(problems)} bad example(s): " +
                         "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else ""))
+    bad = [(path, why) for path, why, _ in filter(None, checks)]
+    _skip_or_stop(bad, len(stems), f"segmentation folder {root} ({split})", skip_bad_files)
+    stems = [k for k, check in zip(stems, checks) if not check]
     mine = stems[process_index::process_count]
     local, largest = _shares(len(stems), process_index, process_count)
     dataset = tf.data.Dataset.from_tensor_slices({"image": [images[k] for k in mine], "label": [labels[k] for k in mine]})
     dataset = dataset.map(lambda ex: {"image": tf.io.read_file(ex["image"]), "label": tf.io.read_file(ex["label"])})
-    return Split(dataset, local, largest, len(stems), num_classes, class_names)
+    return Split(dataset, local, largest, len(stems), num_classes, class_names, tuple(": ".join(b) for b in bad))
 
 
 def scenes_split(split: str, count: int, *, size: int, process_index: int, process_count: int, seed: int = 0) -> Split:

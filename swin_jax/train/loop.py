@@ -230,6 +230,11 @@ def _run(config, workdir, task, checkpoints, watch: peers.PeerWatch, mesh, batch
         writer = MetricWriter(workdir, total_steps, start_step=start_step)
         n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
         writer.message(f"{_model_line(config, model, n_params)}, {num_classes} classes")
+        skipped = {f"{name}_skipped_files": part.skipped_files for name, part in (("train", training), ("eval", evaluation))
+                   if part is not None and part.skipped_files}
+        if skipped:  # each file is named in the log above
+            writer.write(start_step, skipped)
+            writer.message("files left out, each named above: " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
         if config.eval_only:
             results = run_eval(0, state.params)
             writer.write(0, results)

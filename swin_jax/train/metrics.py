@@ -17,6 +17,25 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _drop_partial_row(path: str) -> None:
+    """A run killed while writing a row leaves it without its newline: cut it off, so the resumed run
+    starts on a clean line instead of appending to the fragment."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        end = pos = f.seek(0, os.SEEK_END)
+        while pos > 0:
+            start = max(0, pos - 65536)
+            f.seek(start)
+            cut = f.read(pos - start).rfind(b"\n")
+            if cut >= 0:
+                if start + cut + 1 < end:
+                    f.truncate(start + cut + 1)
+                return
+            pos = start
+        f.truncate(0)
+
+
 class MetricWriter:
     def __init__(self, workdir: str, total_steps: int, *, start_step: int = 0):
         self.active = jax.process_index() == 0
@@ -25,7 +44,9 @@ class MetricWriter:
         self.tty = sys.stdout.isatty()
         if self.active:
             os.makedirs(workdir, exist_ok=True)
-            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            path = os.path.join(workdir, "metrics.jsonl")
+            _drop_partial_row(path)
+            self.jsonl = open(path, "a")
             from swin_jax.data.host import tf
 
             self.tensorboard = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
