@@ -196,8 +196,9 @@ class TrainCheckpoints:
         return dataclasses.replace(target, **restored)
 
     def saved_arrays(self, step: int | None = None, fields=("params", "model_state")) -> dict:
-        """`fields` of a step's train state as saved (NumPy arrays, no target needed): for inference from
-        a training workdir. The best step by the task's metric when there is one, else the latest."""
+        """`fields` of a step's train state as saved (NumPy arrays, no target needed), its "step" and the
+        "metrics" saved with it: for inference from a training workdir. The best step by the task's metric
+        when there is one, else the latest."""
         step = step if step is not None else (self.best_step() or self.latest_step())
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
@@ -209,7 +210,7 @@ class TrainCheckpoints:
         rest = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
             jax.devices()[0])), v) for k, v in saved.items() if k not in item}
         restored = self.manager.restore(step, args=ocp.args.StandardRestore({**item, **rest}))
-        return {**{k: restored[k] for k in item}, **missing, "step": step}
+        return {**{k: restored[k] for k in item}, **missing, "step": step, "metrics": self.manager.metrics(step) or {}}
 
     def restore_latest(self, target) -> tuple[int | None, object]:
         """(step, state) of the newest step that restores, laid out as `target` (ShapeDtypeStructs with

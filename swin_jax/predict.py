@@ -1,14 +1,17 @@
-"""Classify, segment or detect in images with a converted directory, a PyTorch checkpoint or a training
-workdir.
+"""Classify, segment, reconstruct or detect in images with a model from a PyTorch checkpoint file, a
+save_pretrained folder of Hugging Face or timm, a converted directory or a train.py workdir. The model is
+guessed from the tensors of a PyTorch file or folder (--model names another); which checkpoint and model
+were loaded is printed first.
 
-  python -m swin_jax.predict --checkpoint DIR_OR_FILE [--model NAME] [--crop-pct P] IMAGE...
+  python -m swin_jax.predict --checkpoint PATH [--model NAME] [--crop-pct P] IMAGE...
   python -m swin_jax.predict --checkpoint SEGMENTER image.jpg --output mask.png [--mode slide] [--flip]
   python -m swin_jax.predict --checkpoint SIMMIM image.jpg --output reconstruction.png [--mask-seed 0]
   python -m swin_jax.predict --checkpoint DETECTOR image.jpg --output boxes.png [--json results.json]
 
 A classifier prints the top-5 classes. A segmenter (UPerNet) writes the colour-coded mask (ADE20K's
-palette) to --output and an overlay on the image beside it (NAME_overlay.png), and prints the share of
-the image each class covers. A SimMIM model masks the image (the training config's mask cells and
+palette; a class named "background" black) to --output and an overlay on the image beside it
+(NAME_overlay.png: background left transparent, a legend of the classes shown), and prints the share of
+the image each class covers, with the class names of the training config or the folder's config.json. A SimMIM model masks the image (the training config's mask cells and
 ratio, drawn from --mask-seed) and writes original | masked | reconstruction to --output, printing the
 reconstruction loss. A detector (Mask R-CNN, Cascade Mask R-CNN; an official Swin detection checkpoint
 is recognised) applies the official test transform (keep-ratio resize to 1333x800, pad to 32), draws
@@ -29,10 +32,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from swin_jax import data, workdir
-from swin_jax.convert import ConversionError, convert_state_dict, layouts, read_state_dict
+from swin_jax.convert import ConversionError, convert_state_dict, read_state_dict
+from swin_jax.convert.recognise import ACCEPTED, WORKDIR, guess_model, recognise
+from swin_jax.convert.recognise import class_names as class_names_of
 from swin_jax.data import ade20k, coco, segmentation, transforms
 from swin_jax.data.host import tf
 from swin_jax.data.on_device import simmim_masks
@@ -67,47 +72,27 @@ def class_names(num_classes: int) -> list[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
-def load(path: str, model_name: str | None):
-    """(model, variables) of a converted directory, a workdir, or a PyTorch file (the model guessed from
-    its shapes unless `model_name` is given)."""
-    saved = workdir.load_saved(path)
-    if saved is not None:
-        return saved
-    state = read_state_dict(path)
-    if any(k.startswith("rpn_head.") for k in state):  # an official detection checkpoint
-        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-        cascade = any(k.startswith("roi_head.bbox_head.0.") for k in state)
-        if not model_name:
-            matches = registry.matching_models(layouts.describe(layouts.to_timm_layout(backbone)[1]))
-            if not matches:
-                raise ConversionError(f"{path}: no registered model has its backbone's shapes; pass --model")
-            model_name = ("cascade_mask_rcnn_" if cascade else "mask_rcnn_") + matches[0]
-        classes = next(v.shape[0] - 1 for k, v in state.items() if k.endswith("fc_cls.weight"))
-        model = create_model(model_name, num_classes=classes)
-        return model, convert_state_dict(state, model, source=path, require_heads=True)
-    if layouts.is_mim_state(state):
-        found = layouts.describe(layouts.to_timm_layout(layouts.split_mim_state(state, path)[0])[1])
-        if not model_name:
-            matches = registry.matching_models(found)
-            if not matches:
-                raise ConversionError(f"{path}: no registered model has its encoder's shapes; pass --model")
-            model_name = registry.MIM_PREFIX + matches[0]
-        model = create_model(model_name)
-        return model, convert_state_dict(state, model, source=path)
-    found = layouts.describe(layouts.to_timm_layout(state)[1])
-    if not model_name:
-        matches = registry.matching_models(found)
-        if not matches:
-            raise ConversionError(f"{path}: no registered model has its shapes "
-                                  f"({', '.join(f'{k}={v}' for k, v in found.items())}); pass --model")
-        model_name = matches[0]
-    if model_name.startswith(registry.SEGMENTER_PREFIX):
-        classes = next((v.shape[0] for k, v in state.items() if k.endswith(("decode_head.conv_seg.weight",
-                                                                               "decode_head.classifier.weight"))), 150)
-        model = create_model(model_name, num_classes=classes)
-        return model, convert_state_dict(state, model, source=path, require_heads=True)
-    model = create_model(model_name, num_classes=found.get("num_classes", 1000))
-    return model, convert_state_dict(state, model, source=path)
+def load(path: str, model_name: str | None = None):
+    """(model, variables, the training config or None, class names or None, a line saying what was
+    loaded) from any path `recognise` takes; a PyTorch file's model guessed from its tensors unless
+    `model_name` is given."""
+    source = recognise(path)
+    if not source.holds_pytorch:
+        if model_name:
+            raise ValueError(f"--model names the model of a PyTorch file; {path} is a {source.what}, which "
+                             "knows its model")
+        if source.what == WORKDIR:
+            model, variables, config, which = workdir.load_workdir(path)
+            return model, variables, config, None, f"{path} ({source.what}, {which}): {registry.describe(model)}"
+        model, variables = workdir.load_saved(path)
+        return model, variables, None, None, f"{path} ({source.what}): {registry.describe(model)}"
+    state = read_state_dict(source.weights)
+    name, arguments = guess_model(state, source, model_name)
+    model = create_model(name, **{k: v for k, v in arguments.items() if v})
+    options = dict(require_heads=True) if hasattr(model, "backbone") else {}
+    variables = convert_state_dict(state, model, source=source.weights, **options)
+    how = "named by --model" if model_name else "guessed from its tensors; --model names another"
+    return model, variables, None, class_names_of(source), f"{source.weights} ({source.what}): {name}, {how}"
 
 
 def segment(model, variables, path: str, *, scale=(2048, 512), mode: str = "whole", crop: int = 512,
@@ -130,16 +115,34 @@ def segment(model, variables, path: str, *, scale=(2048, 512), mode: str = "whol
     return original, np.asarray(jnp.argmax(probs[0], axis=-1))
 
 
-def write_segmentation(image: np.ndarray, classes: np.ndarray, output: str, num_classes: int) -> str:
-    """The colour-coded mask at `output` and the image blended with it at NAME_overlay.png; returns the
-    overlay's path."""
-    colours = ade20k.palette(num_classes)[classes]
+def write_segmentation(image: np.ndarray, classes: np.ndarray, output: str, names: list[str]) -> str:
+    """The colour-coded mask at `output` (a class named "background" black) and the image blended with it
+    at NAME_overlay.png, background left as the image is, with a legend of the classes it shows; returns
+    the overlay's path."""
+    palette = ade20k.palette(len(names))
+    background = np.array([name.lower() == "background" for name in names])
+    colours = np.where(background[classes][..., None], 0, palette[classes]).astype(np.uint8)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     Image.fromarray(colours).save(output)
+    blended = np.where(background[classes][..., None], image, 0.5 * image + 0.5 * colours)
+    shown = [c for c in np.argsort(-np.bincount(classes.ravel(), minlength=len(names))) if
+             (classes == c).any() and not background[c]]
+    overlay = Image.fromarray(blended.round().astype(np.uint8))
+    if shown:  # the legend: one swatch and name per class, below the image
+        rows, height = shown[:20], 14
+        legend = Image.new("RGB", (overlay.width, height * len(rows)), (255, 255, 255))
+        draw = ImageDraw.Draw(legend)
+        for r, c in enumerate(rows):
+            draw.rectangle((2, r * height + 2, 12, r * height + 12), fill=tuple(int(v) for v in palette[c]))
+            draw.text((16, r * height + 1), names[c], fill=(0, 0, 0))
+        framed = Image.new("RGB", (overlay.width, overlay.height + legend.height), (255, 255, 255))
+        framed.paste(overlay, (0, 0))
+        framed.paste(legend, (0, overlay.height))
+        overlay = framed
     stem, ext = os.path.splitext(output)
-    overlay = f"{stem}_overlay{ext or '.png'}"
-    Image.fromarray((0.5 * image + 0.5 * colours).round().astype(np.uint8)).save(overlay)
-    return overlay
+    path = f"{stem}_overlay{ext or '.png'}"
+    overlay.save(path)
+    return path
 
 
 def segmentation_class_names(num_classes: int, config=None) -> list[str]:
@@ -151,56 +154,88 @@ def segmentation_class_names(num_classes: int, config=None) -> list[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
+# Which options each kind of model uses: anything else given is refused, so no flag is silently ignored.
+USES = {
+    "classifier": {"crop_pct", "top"},
+    "segmenter": {"output", "scale", "mode", "crop", "stride", "flip", "top"},
+    "SimMIM model": {"output", "crop_pct", "mask_seed"},
+    "detector": {"output", "scale", "json", "score", "top"},
+}
+DEFAULTS = dict(crop_pct=0.0, top=5, mode="whole", crop=512, stride=341, flip=False, score=0.3, mask_seed=0)
+
+
+def kind_name(model) -> str:
+    if isinstance(model, TwoStageDetector):
+        return "detector"
+    return "segmenter" if hasattr(model, "backbone") else "SimMIM model" if hasattr(model, "encoder") else "classifier"
+
+
+def refuse_unused(args, kind: str) -> None:
+    given = [k for k in DEFAULTS.keys() | {"output", "scale", "json"} if getattr(args, k) not in (None, False)]
+    unused = sorted(k for k in given if k not in USES[kind])
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        takers = {k: [w for w, uses in USES.items() if k in uses] for k in unused}
+        where = "; ".join(f"--{k.replace('_', '-')} is for {' and '.join(w + 's' for w in takers[k])}" for k in unused)
+        raise ValueError(f"{flags} does nothing for a {kind} ({where})")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m swin_jax.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="converted directory, or a PyTorch checkpoint file")
-    parser.add_argument("--model", help="model name for a PyTorch file (guessed from its shapes if left out)")
-    parser.add_argument("--crop-pct", type=float, default=0.0,
-                        help="evaluation crop (config.input.crop_pct); 0: the official one for the model's size")
-    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--checkpoint", required=True, help=ACCEPTED)
+    parser.add_argument("--model", help="registered model name for a PyTorch file or folder (guessed from its tensors "
+                        "if left out)")
+    parser.add_argument("--crop-pct", type=float, help="classifiers, SimMIM: evaluation crop (config.input.crop_pct); "
+                        "0 (default): the official one for the model's size")
+    parser.add_argument("--top", type=int, help="classes printed (default 5)")
+    parser.add_argument("--output", help="segmenters: the colour-coded mask (PNG), NAME_overlay.png beside it (with "
+                        "several images, a folder for IMAGE_mask.png and IMAGE_overlay.png); SimMIM: the original | "
+                        "masked | reconstruction PNG; detectors: the image with boxes and masks")
+    parser.add_argument("--scale", type=int, nargs=2, metavar=("LONG", "SHORT"),
+                        help="segmenters, detectors: evaluation resize keeping the ratio (default: the training "
+                        "config's, else 2048 512; detectors: 1333 800)")
     segmenting = parser.add_argument_group("segmenters")
-    segmenting.add_argument("--output", help="the colour-coded mask (PNG); NAME_overlay.png goes beside it. "
-                            "With several images, a folder for IMAGE_mask.png and IMAGE_overlay.png. "
-                            "SimMIM: the original | masked | reconstruction PNG")
-    segmenting.add_argument("--scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
-                            help="evaluation resize keeping the ratio (default: the training config's, else 2048 512; "
-                            "detectors: 1333 800)")
-    segmenting.add_argument("--mode", choices=("whole", "slide"), default="whole")
-    segmenting.add_argument("--crop", type=int, default=512, help="slide: window size")
-    segmenting.add_argument("--stride", type=int, default=341, help="slide: window stride")
+    segmenting.add_argument("--mode", choices=("whole", "slide"), help="whole-image (default) or sliding-window")
+    segmenting.add_argument("--crop", type=int, help="slide: window size (default 512)")
+    segmenting.add_argument("--stride", type=int, help="slide: window stride (default 341)")
     segmenting.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     detecting = parser.add_argument_group("detectors")
     detecting.add_argument("--json", help="COCO-format results (a list of detections) for every image")
-    detecting.add_argument("--score", type=float, default=0.3, help="draw detections scoring at least this")
+    detecting.add_argument("--score", type=float, help="draw detections scoring at least this (default 0.3)")
     masking = parser.add_argument_group("SimMIM models")
-    masking.add_argument("--mask-seed", type=int, default=0, help="the random mask's seed")
+    masking.add_argument("--mask-seed", type=int, help="the random mask's seed (default 0)")
     parser.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
     try:
-        config = None
-        if workdir.is_training_workdir(args.checkpoint):
-            model, variables, config = workdir.load_workdir(args.checkpoint)
-        else:
-            model, variables = load(args.checkpoint, args.model)
-        if isinstance(model, TwoStageDetector):
-            return _detect_main(args, model, variables)
-        if hasattr(model, "backbone"):
-            return _segment_main(args, model, variables, config)
-        if hasattr(model, "encoder"):
-            return _reconstruct_main(args, model, variables, config)
+        model, variables, config, names, loaded = load(args.checkpoint, args.model)
+        refuse_unused(args, kind_name(model))
+    except (ConversionError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for key, value in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    print(f"checkpoint: {loaded}")
+    if isinstance(model, TwoStageDetector):
+        return _detect_main(args, model, variables)
+    if hasattr(model, "backbone"):
+        return _segment_main(args, model, variables, config, names)
+    if hasattr(model, "encoder"):
+        return _reconstruct_main(args, model, variables, config)
+    try:
         size = model.input_hw[0]
         batch = []
         for path in args.images:
             if not os.path.isfile(path):
                 raise ValueError(f"{path}: no such image file")
             batch.append(preprocess(path, size, args.crop_pct))
-    except (ConversionError, ValueError, FileNotFoundError) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     logits = jax.jit(model.apply)(variables, np.stack(batch))
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-    names = class_names(probs.shape[-1])
+    names = names or class_names(probs.shape[-1])
     for path, p in zip(args.images, probs):
         print(os.fspath(path))
         for i in np.argsort(-p)[:args.top]:
@@ -289,12 +324,12 @@ def _detect_main(args, model, variables) -> int:
     return 0
 
 
-def _segment_main(args, model, variables, config) -> int:
+def _segment_main(args, model, variables, config, names=None) -> int:
     if not args.output:
         print("error: a segmenter needs --output (where the mask PNG goes)", file=sys.stderr)
         return 1
     scale = args.scale or (tuple(config.input.eval_scale) if config is not None else (2048, 512))
-    names = segmentation_class_names(model.num_classes, config)
+    names = names or segmentation_class_names(model.num_classes, config)
     for path in args.images:
         if not os.path.isfile(path):
             print(f"error: {path}: no such image file", file=sys.stderr)
@@ -308,7 +343,7 @@ def _segment_main(args, model, variables, config) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        overlay = write_segmentation(image, classes, output, model.num_classes)
+        overlay = write_segmentation(image, classes, output, names)
         print(f"{path}: mask {output}, overlay {overlay}")
         counts = np.bincount(classes.ravel(), minlength=model.num_classes)
         for i in np.argsort(-counts)[:args.top]:

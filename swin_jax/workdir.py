@@ -27,8 +27,8 @@ def _tuples(value):
 
 
 def load_workdir(workdir: str | os.PathLike):
-    """(model, variables, config) of a train.py workdir: its best checkpoint (by the task's metric), else
-    the latest."""
+    """(model, variables, config, which) of a train.py workdir: its best checkpoint (by the task's metric),
+    else the latest; `which` says which step that is, and its metric."""
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(_tuples(json.load(f)))
     task = get_task(config)
@@ -38,7 +38,10 @@ def load_workdir(workdir: str | os.PathLike):
         saved = checkpoints.saved_arrays()
     finally:
         checkpoints.close()
-    return model, {"params": saved["params"], **saved["model_state"]}, config
+    metric = task.best_metric if task.best_metric in saved["metrics"] else ""
+    which = (f"step {saved['step']}, the best by {metric} ({saved['metrics'][metric]:.4f})" if metric else
+             f"step {saved['step']}, the latest")
+    return model, {"params": saved["params"], **saved["model_state"]}, config, which
 
 
 def load_saved(path: str | os.PathLike):
@@ -47,6 +50,6 @@ def load_saved(path: str | os.PathLike):
     if checkpoint.is_pretrained_dir(path):
         return checkpoint.load_pretrained(path)[:2]
     if is_training_workdir(path):
-        model, variables, _ = load_workdir(path)
+        model, variables, _, _ = load_workdir(path)
         return model, jax.device_get(variables)  # host arrays: the caller may be inside another mesh
     return None

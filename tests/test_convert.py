@@ -354,7 +354,7 @@ def test_pickled_code_is_never_run(tmp_path, capsys):
 
 
 def test_missing_file_and_unknown_format(tmp_path, capsys):
-    assert "checkpoint file not found" in failing_cli(tmp_path, tmp_path / "nope.pth", capsys=capsys)
+    assert "checkpoint not found" in failing_cli(tmp_path, tmp_path / "nope.pth", capsys=capsys)
     other = tmp_path / "weights.h5"
     other.write_bytes(b"x")
     assert "unknown checkpoint format" in failing_cli(tmp_path, other, capsys=capsys)

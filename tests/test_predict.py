@@ -52,7 +52,9 @@ def test_predict_prints_the_top5_classes_of_the_pytorch_model(tmp_path, capsys):
     assert float((top.values[:-1] - top.values[1:]).min()) > 1e-4 * float(top.values[0])
 
     assert predict_main(["--checkpoint", str(ckpt), str(image)]) == 0  # a PyTorch file, model guessed
-    lines = capsys.readouterr().out.splitlines()
+    loaded, *lines = capsys.readouterr().out.splitlines()
+    assert loaded == (f"checkpoint: {ckpt} (checkpoint file): swin_tiny_patch4_window7_224, guessed from its "
+                      "tensors; --model names another")
     assert lines[0] == str(image) and len(lines) == 6
     assert [line.split("%  ", 1)[1] for line in lines[1:]] == [names[i] for i in top.indices.tolist()]
     np.testing.assert_allclose([float(line.split("%")[0]) for line in lines[1:]], top.values.numpy() * 100, atol=0.01)
@@ -62,7 +64,9 @@ def test_predict_prints_the_top5_classes_of_the_pytorch_model(tmp_path, capsys):
                          str(converted)]) == 0
     capsys.readouterr()
     assert predict_main(["--checkpoint", str(converted), str(image)]) == 0  # a converted directory
-    assert capsys.readouterr().out.splitlines()[1:] == lines[1:]
+    loaded, *again = capsys.readouterr().out.splitlines()
+    assert loaded.startswith(f"checkpoint: {converted} (converted directory): swin_tiny_patch4_window7_224 (Swin V1")
+    assert again[1:] == lines[1:]
 
 
 def test_predict_names_a_bad_image(tmp_path, capsys):

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from swin_jax import workdir
-from swin_jax.convert import classifier, detector, masked_image, segmenter
+from swin_jax.convert import classifier, detector, masked_image, recognise, segmenter
 from swin_jax.convert.classifier import read_class_map
 from swin_jax.convert.fitting import export_timm_state_dict
 from swin_jax.convert.reader import ConversionError, read_state_dict
@@ -67,27 +67,30 @@ def convert_state_dict(state: dict, model, *, source: str = "checkpoint", **opti
     return kind_of(model).convert(state, model, source=source, **options)
 
 
+def _variables(path, model, options: dict, init: bool) -> dict:
+    kind = kind_of(model)
+    source = recognise.recognise(path)
+    if not source.holds_pytorch:  # a converted directory or a train.py workdir
+        options = {k: v for k, v in options.items() if k in ("seed", "class_map")}
+        return kind.fit_saved(*workdir.load_saved(source.path), model, source=source.path, **options)
+    extra = dict(kind.init_options) if init else {}
+    return kind.convert(read_state_dict(source.weights), model, source=source.weights, **extra, **options)
+
+
 def load_pytorch_checkpoint(path: str | os.PathLike, model, **options) -> dict:
-    """Flax variables for `model` from a PyTorch checkpoint file (.pth/.pt/.bin/.safetensors): a
-    classifier's, a segmenter's or a SimMIM model's, as `model` is."""
-    return convert_state_dict(read_state_dict(path), model, source=str(path), **options)
+    """Flax variables for `model` (a classifier, segmenter, SimMIM model or detector) from a PyTorch
+    checkpoint file, a save_pretrained folder of Hugging Face or timm, a converted directory or a train.py
+    workdir (`recognise.ACCEPTED`)."""
+    return _variables(path, model, options, init=False)
 
 
 def load_weights(path: str | os.PathLike, model, *, class_map: np.ndarray | None = None, seed: int = 0) -> dict:
-    """Flax variables for `model` to start from (config.init_from): a converted directory
-    (`python -m swin_jax.convert`), a train.py workdir or a PyTorch checkpoint file, fitted to it as
-    `fitting.fit_params` says (another window, resolution or head works; a SimMIM model gives its
-    encoder, a classifier a segmenter's backbone). What the file does not hold (a head for other classes,
-    a segmenter's or detector's heads) is freshly initialised from `seed` (config.seed)."""
-    kind = kind_of(model)
+    """Flax variables for `model` to start from (config.init_from), from any path `load_pytorch_checkpoint`
+    takes, fitted to it as `fitting.fit_params` says (another window, resolution or head works; a SimMIM
+    model gives its encoder, a classifier a segmenter's backbone). What the file does not hold (a head
+    for other classes, a segmenter's or detector's heads) is freshly initialised from `seed` (config.seed)."""
     options = {"seed": seed, **({"class_map": class_map} if class_map is not None else {})}
-    saved = workdir.load_saved(path)
-    if saved is not None:
-        return kind.fit_saved(*saved, model, source=str(path), **options)
-    if not os.path.isfile(path):
-        raise ConversionError(f"{path} is neither a converted model directory (config.json and params/), a "
-                              f"train.py workdir (config.json and checkpoints/) nor a checkpoint file")
-    return kind.convert(read_state_dict(path), model, source=str(path), **dict(kind.init_options), **options)
+    return _variables(path, model, options, init=True)
 
 
 def export_state_dict(variables: dict, model) -> tuple[dict[str, np.ndarray], str]:
