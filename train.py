@@ -10,8 +10,6 @@ import glob
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow only reads data here; keep its start-up chatter out
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 

@@ -149,6 +149,11 @@ class TrainCheckpoints:
         return CheckpointError(f"could not write the checkpoint of step {step} in {self.directory}: "
                                f"{_reason(error)}\nThe run stops: {resume}.")
 
+    @staticmethod
+    def any_on_disk(directory: str) -> bool:
+        """Whether `directory` holds a complete step."""
+        return os.path.isdir(directory) and bool(ocp.utils.checkpoint_steps(directory))
+
     def describe_latest(self) -> str:
         """A sentence naming the newest complete step on disk (read afresh: safe while a save is in flight)."""
         steps = ocp.utils.checkpoint_steps(self.directory)

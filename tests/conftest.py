@@ -6,6 +6,7 @@ import tempfile
 # Eight fake CPU devices for the sharding tests; this must happen before JAX initialises.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as swin_jax.data.host sets it for users
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the fake devices are CPU devices
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # keep TensorFlow and the torch references off any GPU
 # Many tests compile the same programs again (a run and its resume, train.py in fresh processes): one

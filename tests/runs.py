@@ -14,10 +14,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start(flags, workdir) -> subprocess.Popen:
+def start(flags, workdir, merge_stderr: bool = False) -> subprocess.Popen:
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    for inherited in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "SWIN_JAX_VERBOSE"):  # as a user's shell has it
+        env.pop(inherited, None)
     return subprocess.Popen([sys.executable, "train.py", *flags, "--workdir", str(workdir)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+                            text=True)
 
 
 def rows(workdir) -> list[dict]:

@@ -14,8 +14,13 @@ FLAGS = ["--config", "configs/demo.py", f"--config.total_steps={STEPS}", "--conf
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
+    """The uninterrupted run, which also shows that train.py's own first line is the first line printed:
+    TensorFlow's and absl's start-up notices are kept out."""
     workdir = tmp_path_factory.mktemp("reference")
-    runs.run(FLAGS, workdir)
+    process = runs.start(FLAGS, workdir, merge_stderr=True)
+    out = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, out[-3000:]
+    assert out.startswith("model: swin_tiny_patch4_window7_224 with "), out[:2000]
     return runs.losses(workdir)
 
 
@@ -32,7 +37,9 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_loses_nothing(tmp
 
     code, _, err = runs.interrupt(FLAGS, tmp_path, fill_the_disk, after_step=7)
     assert code == 1, err[-3000:]
-    message = err.strip().splitlines()[-2:]
+    lines = err.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("error: "))  # orbax's own noise around it
+    message = lines[at:at + 2]
     assert message[0].startswith(f"error: could not write the checkpoint of step 10 in {tmp_path / 'checkpoints'}: ")
     assert "File too large" in message[0]
     assert message[1] == ("The run stops: the complete checkpoints (step 5) are kept; fix the disk and run the same "

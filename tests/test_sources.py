@@ -100,6 +100,7 @@ def test_a_run_on_a_folder_with_bad_files_goes_on_and_counts_them(image_folder, 
     config.input.skip_bad_files = False
     with pytest.raises(DataError, match="truncated.jpg"):
         train_and_evaluate(config, str(tmp_path / "stopped"))
+    assert not os.path.exists(tmp_path / "stopped")  # refused before its first step: no folder left
 
 
 def test_folder_converts_grey_cmyk_and_alpha_to_rgb(image_folder):

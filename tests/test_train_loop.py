@@ -110,9 +110,11 @@ def test_config_errors_are_one_line_naming_the_field_or_file(tmp_path):
     result = _train_py("--config", "configs/no_such_config.py:arg", "--workdir", str(tmp_path))
     assert result.stderr.strip() == "error: --config configs/no_such_config.py: no such config file"
     # FILE.py:ARG goes to get_config(ARG): the run gets as far as the data
-    result = _train_py("--config", "configs/demo.py:scene", "--workdir", str(tmp_path), "--config.dataset=imagenet2013")
+    result = _train_py("--config", "configs/demo.py:scene", "--workdir", str(tmp_path / "refused"),
+                       "--config.dataset=imagenet2013")
     assert result.returncode == 1 and "unknown dataset 'imagenet2013'" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "refused")  # a run refused before its first step leaves no folder
 
 
 @pytest.mark.slow

@@ -113,10 +113,13 @@ def guess_model(state: dict, source: Source, name: str | None = None) -> tuple[s
         return name or registry.MIM_PREFIX + _backbone_name(encoder, source, "encoder"), {}
     if layouts.is_segmenter_state(state):
         backbone, heads, _ = split_segmenter_state(state, source.path)
-        classes = next(v.shape[0] for k, v in heads.items()
-                       if k in ("decode_head.conv_seg.weight", "decode_head.classifier.weight"))
-        return (name or registry.SEGMENTER_PREFIX + _backbone_name(backbone, source, "backbone"),
-                {"num_classes": int(classes)})
+        # The classifiers (HF: classifier, mmseg: conv_seg) show the classes and each head's width.
+        widths = {k.split(".")[0]: v.shape[:2] for k, v in heads.items()
+                  if k.endswith((".conv_seg.weight", ".classifier.weight"))}
+        arguments = {"num_classes": int(widths["decode_head"][0]), "channels": int(widths["decode_head"][1])}
+        if "auxiliary_head" in widths:
+            arguments["auxiliary_channels"] = int(widths["auxiliary_head"][1])
+        return name or registry.SEGMENTER_PREFIX + _backbone_name(backbone, source, "backbone"), arguments
     found = layouts.describe(layouts.to_timm_layout(state)[1])
     return name or _backbone_name(state, source, "tensors"), {"num_classes": int(found.get("num_classes", 0))}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -182,10 +183,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batch_sharding = sharding.batch_sharding(mesh)
 
     task = get_task(config)
+    created = not os.path.exists(workdir)
     checkpoints = checkpoint.TrainCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                                               best_metric=task.best_metric)
-    with peers.PeerWatch(config.lost_process_timeout_s, checkpoints.describe_latest) as watch:
-        return _run(config, workdir, task, checkpoints, watch, mesh, batch_sharding)
+    try:
+        with peers.PeerWatch(config.lost_process_timeout_s, checkpoints.describe_latest) as watch:
+            return _run(config, workdir, task, checkpoints, watch, mesh, batch_sharding)
+    except BaseException:
+        if created and jax.process_index() == 0 and not _has_results(workdir):
+            shutil.rmtree(workdir, ignore_errors=True)  # a run refused before its first step leaves no folder
+        raise
+
+
+def _has_results(workdir: str) -> bool:
+    """Whether a run wrote anything worth keeping: a checkpoint, or a training or evaluation row."""
+    if checkpoint.TrainCheckpoints.any_on_disk(os.path.join(workdir, "checkpoints")):
+        return True
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            return any('"train_loss"' in line or '"eval_' in line for line in f)
+    except FileNotFoundError:
+        return False
 
 
 def _run(config, workdir, task, checkpoints, watch: peers.PeerWatch, mesh, batch_sharding) -> dict:
