@@ -87,6 +87,16 @@ def _reason(error: BaseException) -> str:
     return line if len(line) <= 400 else f"{line[:150]} ... {line[-240:]}"  # the cause is at the end
 
 
+class _StepsWithoutMetrics(logging.Filter):
+    """Orbax warns at every save without metrics once it tracks the best; only evaluated steps have them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_StepsWithoutMetrics())
+
+
 class TrainCheckpoints:
     """Training checkpoints in `directory` (orbax CheckpointManager): the whole train state per step,
     saved in the background. Keeps the last `keep` steps and the best by `best_metric` (the task's:
@@ -101,13 +111,23 @@ class TrainCheckpoints:
         if best_metric:  # a task without one (SimMIM pre-training) keeps the latest steps only
             keep.append(policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=True, n=1,
                                        keep_checkpoints_without_metrics=False))
-        keep_policy = policies.AnyPreservationPolicy(keep)
-        options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
-                                               preservation_policy=keep_policy)
+        # best_fn makes orbax write each step's metrics beside it, so the best step is known after a restart.
+        best = dict(best_fn=lambda m: m[best_metric], best_mode="max") if best_metric else {}
         self.directory = os.path.abspath(os.fspath(directory))
-        # Naming the handler lets a fresh process read a step's metadata before restoring it.
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_handlers=ocp.StandardCheckpointHandler())
+
+        def manager(**options):
+            # Naming the handler lets a fresh process read a step's metadata before restoring it.
+            return ocp.CheckpointManager(self.directory, item_handlers=ocp.StandardCheckpointHandler(),
+                                         options=ocp.CheckpointManagerOptions(
+                                             create=True, enable_async_checkpointing=True, **options))
+
+        try:
+            self.manager = manager(preservation_policy=policies.AnyPreservationPolicy(keep), **best)
+        except Exception as e:  # noqa: BLE001  orbax reads every step's metrics here; one may be damaged
+            logging.getLogger(__name__).warning(
+                "the saved metrics in %s do not read (%s): this run keeps every checkpoint and does not track "
+                "the best", self.directory, _reason(e))
+            self.manager = manager(lightweight_initialize=True)  # step names only, no metrics read
         self._writing = None  # the step being written in the background
         self._failed = False
 

@@ -1,8 +1,10 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from configs import demo
 from swin_jax import data
 from swin_jax.train import TrainingError, train_and_evaluate
+from swin_jax.train.loop import build_model
 from references import randomize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +56,25 @@ def test_demo_run_writes_metrics_tensorboard_config_and_checkpoints(tmp_path, ca
         saved = json.load(f)
     assert saved["input"]["dataset"] == "demo" and saved["input"]["num_classes"] == 10
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+
+    # The workdir as a model: predict names the checkpoint it takes, convert exports it, the Python API loads it.
+    from PIL import Image
+    from swin_jax.convert import load_pytorch_checkpoint
+    from swin_jax.convert.__main__ import main as convert_main
+    from swin_jax.predict import main as predict_main
+
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "digit.png")
+    assert predict_main(["--checkpoint", workdir, str(tmp_path / "digit.png")]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert re.fullmatch(rf"checkpoint: {re.escape(workdir)} \(train.py workdir, step [36], the best by eval_top1 "
+                        r"\(0\.\d{4}\)\): a Swin V1 model .*", first), first
+    assert convert_main(["--checkpoint", workdir, "--output", str(tmp_path / "demo.safetensors")]) == 0
+    assert "timm layout" in capsys.readouterr().out
+    model = build_model(_short_demo(), 10)
+    loaded = load_pytorch_checkpoint(workdir, model)
+    exported = load_pytorch_checkpoint(tmp_path / "demo.safetensors", model)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(exported)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_earlier_checkpoints(tmp_path):
