@@ -19,9 +19,10 @@ CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 
 
-def save_pretrained(directory: str | os.PathLike, variables: dict, model_name: str, model_overrides: dict) -> None:
+def save_pretrained(directory: str | os.PathLike, variables: dict, model_name: str, model_overrides: dict,
+                    class_names: list[str] | None = None) -> None:
     """Write `directory/params` (orbax), `directory/batch_stats` for a segmenter, and
-    `directory/config.json` (how to build the model).
+    `directory/config.json` (how to build the model, and the class names when known).
 
     The directory appears whole or not at all: everything is written beside it first and renamed
     into place, so a failure leaves no half-written output.
@@ -34,7 +35,8 @@ def save_pretrained(directory: str | os.PathLike, variables: dict, model_name: s
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
     try:
         with open(os.path.join(staging, CONFIG_FILE), "w") as f:
-            json.dump({"model": model_name, "overrides": model_overrides}, f, indent=2, sort_keys=True)
+            json.dump({"model": model_name, "overrides": model_overrides,
+                       **({"class_names": list(class_names)} if class_names else {})}, f, indent=2, sort_keys=True)
         with ocp.StandardCheckpointer() as checkpointer:
             for collection, tree in variables.items():  # params, and a segmenter's batch_stats
                 checkpointer.save(os.path.join(staging, _collection_dir(collection)), tree)

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from swin_jax import data, workdir
+from swin_jax import checkpoint, data, workdir
 from swin_jax.convert import ConversionError, convert_state_dict, read_state_dict
 from swin_jax.convert.recognise import ACCEPTED, WORKDIR, guess_model, recognise
 from swin_jax.convert.recognise import class_names as class_names_of
@@ -84,8 +84,8 @@ def load(path: str, model_name: str | None = None):
         if source.what == WORKDIR:
             model, variables, config, which = workdir.load_workdir(path)
             return model, variables, config, None, f"{path} ({source.what}, {which}): {registry.describe(model)}"
-        model, variables = workdir.load_saved(path)
-        return model, variables, None, None, f"{path} ({source.what}): {registry.describe(model)}"
+        model, variables, saved = checkpoint.load_pretrained(path)
+        return model, variables, None, saved.get("class_names"), f"{path} ({source.what}): {registry.describe(model)}"
     state = read_state_dict(source.weights)
     name, arguments = guess_model(state, source, model_name)
     model = create_model(name, **{k: v for k, v in arguments.items() if v})

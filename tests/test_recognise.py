@@ -110,6 +110,12 @@ def test_a_hugging_face_upernet_folder_converts_and_predicts_with_its_class_name
     np.testing.assert_array_equal(top[~background], np.round(0.5 * picture + 0.5 * mask)[~background])
     assert overlay.shape[0] > picture.shape[0] if (~background).any() else overlay.shape[0] == picture.shape[0]
 
+    assert predict_main(["--checkpoint", str(tmp_path / "converted"), str(image), "--output",
+                         str(tmp_path / "again.png"), "--scale", "64", "64"]) == 0
+    again = [line.split("%  ")[1] for line in capsys.readouterr().out.splitlines() if "%  " in line]
+    assert again == shares  # the converted directory keeps the class names
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "again.png")), mask)
+
     assert predict_main(["--checkpoint", str(folder), str(image), "--output", str(output), "--mask-seed", "1"]) == 1
     assert "--mask-seed does nothing for a segmenter (--mask-seed is for SimMIM models)" in capsys.readouterr().err
 

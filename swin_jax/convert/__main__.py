@@ -30,7 +30,7 @@ from safetensors.numpy import save_file
 
 from swin_jax import checkpoint, workdir
 from swin_jax.convert import ConversionError, convert_state_dict, export_state_dict, read_class_map, read_state_dict
-from swin_jax.convert.recognise import ACCEPTED, recognise, guess_model
+from swin_jax.convert.recognise import ACCEPTED, class_names, guess_model, recognise
 from swin_jax.models import create_model, registry
 from swin_jax.models.detection.detectors import TwoStageDetector
 from swin_jax.models.upernet import UPerNet
@@ -77,7 +77,7 @@ def to_jax(args, source) -> None:
     elif isinstance(model, TwoStageDetector):  # converting a file means converting a whole detector
         options = dict(require_heads=True)
     variables = convert_state_dict(state, model, source=source.weights, **options)
-    checkpoint.save_pretrained(args.output, variables, name, overrides)
+    checkpoint.save_pretrained(args.output, variables, name, overrides, class_names(source))
     print(f"wrote {args.output} ({name}, {overrides or 'default config'})")
 
 

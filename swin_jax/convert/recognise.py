@@ -85,12 +85,12 @@ def _backbone_name(state: dict, source: Source, what: str) -> str:
     names = [n for n in names if all(registry.model_config(n).get(k) == v for k, v in hints.items())] or names
     if not names:
         shown = ", ".join(f"{k}={v}" for k, v in found.items())
-        raise ConversionError(f"{source.path}: no registered model has the shapes of its {what} ({shown}); "
+        raise ConversionError(f"{source.path}: no registered model has the shapes of {what} ({shown}); "
                               "name one with --model (model_name=)")
     architectures = {tuple(sorted((k, str(v)) for k, v in registry.model_config(n).items()
                                   if k not in ("num_classes", "drop_path_rate"))) for n in names}
     if len(architectures) > 1:
-        raise ConversionError(f"{source.path}: the tensors of its {what} fit several models, which differ in what "
+        raise ConversionError(f"{source.path}: {what} fit several models, which differ in what "
                               f"the tensors do not show (input size, window): {', '.join(names)}; name one with "
                               "--model (model_name=)")
     return names[0]
@@ -107,10 +107,10 @@ def guess_model(state: dict, source: Source, name: str | None = None) -> tuple[s
         backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         classes = next(v.shape[0] - 1 for k, v in state.items() if k.endswith("fc_cls.weight"))
         prefix = "cascade_mask_rcnn_" if any(k.startswith("roi_head.bbox_head.0.") for k in state) else "mask_rcnn_"
-        return name or prefix + _backbone_name(backbone, source, "backbone"), {"num_classes": int(classes)}
+        return name or prefix + _backbone_name(backbone, source, "its backbone's tensors"), {"num_classes": int(classes)}
     if layouts.is_mim_state(state):
         encoder = layouts.split_mim_state(state, source.path)[0]
-        return name or registry.MIM_PREFIX + _backbone_name(encoder, source, "encoder"), {}
+        return name or registry.MIM_PREFIX + _backbone_name(encoder, source, "its encoder's tensors"), {}
     if layouts.is_segmenter_state(state):
         backbone, heads, _ = split_segmenter_state(state, source.path)
         # The classifiers (HF: classifier, mmseg: conv_seg) show the classes and each head's width.
@@ -119,9 +119,9 @@ def guess_model(state: dict, source: Source, name: str | None = None) -> tuple[s
         arguments = {"num_classes": int(widths["decode_head"][0]), "channels": int(widths["decode_head"][1])}
         if "auxiliary_head" in widths:
             arguments["auxiliary_channels"] = int(widths["auxiliary_head"][1])
-        return name or registry.SEGMENTER_PREFIX + _backbone_name(backbone, source, "backbone"), arguments
+        return name or registry.SEGMENTER_PREFIX + _backbone_name(backbone, source, "its backbone's tensors"), arguments
     found = layouts.describe(layouts.to_timm_layout(state)[1])
-    return name or _backbone_name(state, source, "tensors"), {"num_classes": int(found.get("num_classes", 0))}
+    return name or _backbone_name(state, source, "its tensors"), {"num_classes": int(found.get("num_classes", 0))}
 
 
 def class_names(source: Source) -> list[str] | None:
