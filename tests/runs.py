@@ -105,12 +105,13 @@ def _resumed_from(out: str) -> int:
     return int(out.split("resumed from the checkpoint of step ")[1].split()[0])
 
 
-def check_resumes(flags, root, steps: int, after_step: int, reference: dict | None = None, seed: int = 0) -> dict:
-    """One run interrupted three times, each time followed by the same command; every leg must log,
-    bitwise, the losses of an uninterrupted run (`reference`, or one made here) from its checkpoint on:
-    SIGTERM after `after_step` (saves that step, exits 0); SIGKILL at a random step (resumes from the last
-    checkpoint); SIGKILL in the middle of a checkpoint's write (the half-written step is never used).
-    Returns the reference losses."""
+def check_resumes(flags, root, steps: int, after_step: int, reference: dict | None = None, seed: int = 0,
+                  interruptions=("sigterm", "sigkill", "kill during a save")) -> dict:
+    """One run interrupted by each of `interruptions` in turn, each followed by the same command; every leg
+    must log, bitwise, the losses of an uninterrupted run (`reference`, or one made here) from its
+    checkpoint on. "sigterm" after `after_step`: saves that step, exits 0. "sigkill" at a random step
+    after `after_step`: resumes from the last checkpoint. "kill during a save": SIGKILL in the middle of a
+    checkpoint's write, whose half-written step is never used. Returns the reference losses."""
     if reference is None:
         run(flags, os.path.join(root, "reference"))
         reference = losses(os.path.join(root, "reference"))
@@ -122,47 +123,31 @@ def check_resumes(flags, root, steps: int, after_step: int, reference: dict | No
         assert got == {s: reference[s] for s in got}  # bitwise: same batches, rng, state, program
         return got
 
-    code, out, err = interrupt(flags, workdir, signal.SIGTERM, after_step)
-    assert code == 0 and "stopping at step" in out, err[-3000:]
-    stopped = int(out.split("stopping at step ")[1].split()[0])
-    assert after_step <= stopped < steps - 2
-
-    before = len(rows(workdir))
-    killed_at = random.Random(seed).randint(stopped + 1, steps - 2)
-    code, out, err = interrupt(flags, workdir, signal.SIGKILL, killed_at)
-    assert code == -signal.SIGKILL and f"resumed from the checkpoint of step {stopped}" in out, err[-3000:]
-    assert min(same_losses(before)) == stopped + 1  # nothing before the checkpoint again
-
-    before = len(rows(workdir))
-    half_written = kill_during_save(flags, workdir)
-    assert min(same_losses(before)) > stopped
+    done = 0  # the step the last leg is known to have a checkpoint of
+    for interruption in interruptions:
+        before, resumed_after = len(rows(workdir)), done
+        if interruption == "sigterm":
+            code, out, err = interrupt(flags, workdir, signal.SIGTERM, max(after_step, done + 1))
+            assert code == 0 and "stopping at step" in out, err[-3000:]
+            done = int(out.split("stopping at step ")[1].split()[0])
+            assert after_step <= done < steps - 2
+        elif interruption == "sigkill":
+            killed_at = random.Random(seed).randint(max(after_step, done + 1), steps - 2)
+            code, out, err = interrupt(flags, workdir, signal.SIGKILL, killed_at)
+            assert code == -signal.SIGKILL, err[-3000:]
+            assert done == 0 or f"resumed from the checkpoint of step {done}" in out
+        else:
+            half_written = int(kill_during_save(flags, workdir).split(".")[0])
+        got = same_losses(before)
+        assert not got or min(got) >= resumed_after + 1  # nothing before the checkpoint again
 
     before = len(rows(workdir))
     resumed, out = resumed_run(flags, workdir)
-    assert _resumed_from(out) < int(half_written.split(".")[0])
+    if "kill during a save" in interruptions:
+        assert _resumed_from(out) < half_written
     assert sorted(resumed) == list(range(_resumed_from(out) + 1, steps + 1))
     same_losses(before)
     return reference
-
-
-def train_losses(config, devices, batches, num_classes: int, steps: int = 3, steps_per_epoch: int = 4):
-    """In this process: the train losses of the first `steps` steps of `batches` (an iterator of host
-    batches) on a mesh of `devices`, and the model state (BatchNorm statistics) after them."""
-    import jax
-
-    from swin_jax.train import optim, sharding
-    from swin_jax.train.loop import build_model, build_training
-
-    mesh = sharding.make_mesh(devices)
-    model = build_model(config, num_classes)
-    lr = optim.schedule(config, config.total_steps, steps_per_epoch)
-    out = []
-    with jax.set_mesh(mesh):
-        state, _, train_step = build_training(config, model, lr, mesh, num_classes)
-        for _ in range(steps):
-            state, metrics = train_step(state, jax.device_put(next(batches), sharding.batch_sharding(mesh)))
-            out.append(float(metrics["train_loss"]))
-        return out, jax.device_get(state.model_state)
 
 
 def save_on_eight_restore_on_four(config, batches, num_classes: int, directory, saved_after: int = 2,

@@ -239,6 +239,7 @@ def test_init_from_with_ema_and_accumulation_resumes_after_sigterm(setup):
     root, _, configs = setup
     flags = ["--config", configs["official-accum-ema"]]
     reference = runs.losses(_start_train_py(setup, "official-accum-ema")())
-    runs.check_resumes(flags, str(root / "sigterm"), UPDATES * 2, after_step=5, reference=reference)
+    runs.check_resumes(flags, str(root / "sigterm"), UPDATES * 2, after_step=5, reference=reference,
+                       interruptions=("sigterm",))
     with open(os.path.join(root, "sigterm", "interrupted", "config.json")) as f:
         assert json.load(f)["lr_schedule_placement"] == "official"

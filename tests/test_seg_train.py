@@ -77,23 +77,15 @@ def test_short_demo_learns_and_reports(tmp_path, capsys, caplog):
     assert mask.shape == (96, 96, 3) and os.path.exists(tmp_path / "m_overlay.png")
 
 
-def test_eight_devices_match_one_and_a_checkpoint_of_eight_continues_on_four(tmp_path):
-    """BatchNorm statistics over the global batch (as SyncBN): the same losses and running statistics
-    with the batch split over 8 devices as on 1; a state saved on 8 devices restores onto 4 and continues
-    with the losses of the 8."""
+def test_a_checkpoint_of_eight_devices_continues_on_four_with_the_same_losses_and_statistics(tmp_path):
+    """BatchNorm statistics over the global batch (as SyncBN), whatever the split: a state saved on 8
+    devices (one scene each) restores onto 4 (two each) and continues with the losses and running
+    statistics of the 8."""
     config = tiny_demo(total_steps=10, warmup_steps=0)
     config.input.batch_size = 8
-
-    def batches():
-        return iter(data.segmentation_train_input(config.input, seed=0))
-
-    one, stats_one = runs.train_losses(config, jax.devices()[:1], batches(), 11, steps=4)
-    eight, stats_eight, four, stats_four = runs.save_on_eight_restore_on_four(config, batches(), 11,
-                                                                              tmp_path / "checkpoints")
-    np.testing.assert_allclose(eight, one, rtol=2e-5)
-    assert one[-1] != one[0]
-    for a, b in zip(jax.tree.leaves(stats_eight), jax.tree.leaves(stats_one)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # means near 0 after four updates
+    eight, stats_eight, four, stats_four = runs.save_on_eight_restore_on_four(
+        config, iter(data.segmentation_train_input(config.input, seed=0)), 11, tmp_path / "checkpoints")
+    assert eight[-1] != eight[0]
     np.testing.assert_allclose(four, eight[2:], rtol=1e-6)
     for a, b in zip(jax.tree.leaves(stats_four), jax.tree.leaves(stats_eight)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -117,9 +109,10 @@ def test_ade20k_config_runs_two_steps_on_mock_scene_parse150(tmp_path):
     assert np.isfinite(results["eval_aacc"]) and "eval_iou/wall" in results
 
 
-def test_sigterm_sigkill_and_a_kill_during_a_save_resume_with_the_uninterrupted_losses(tmp_path):
+def test_sigkill_at_a_random_step_and_during_a_save_resume_with_the_uninterrupted_losses(tmp_path):
     steps = 16
     flags = ["--config", "configs/demo_seg.py", f"--config.total_steps={steps}", "--config.log_every_steps=1",
              "--config.eval_every_steps=1000", "--config.checkpoint_every_steps=4", "--config.input.batch_size=4",
              "--config.input.preview_images=0", *TINY_FLAGS]
-    runs.check_resumes(flags, tmp_path, steps, after_step=5)  # dropout and BatchNorm state included
+    # SIGTERM is the classification tests' (tests/test_resume.py): the same save and restore.
+    runs.check_resumes(flags, tmp_path, steps, after_step=5, interruptions=("sigkill", "kill during a save"))

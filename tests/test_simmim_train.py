@@ -68,29 +68,24 @@ def test_short_pretraining_reports_shows_and_fine_tunes(tmp_path, capsys, caplog
     assert [r["step"] for r in runs.rows(tmp_path / "ft") if "train_loss" in r] == [2, 4]
 
 
-def test_eight_devices_match_one_and_a_checkpoint_of_eight_continues_on_four(tmp_path):
-    """The masks come from the global step's key, not a device's: the same losses over 8 devices as on 1;
-    a state saved on 8 devices restores onto 4 and continues with the losses of the 8."""
+def test_a_checkpoint_of_eight_devices_continues_on_four_with_the_same_losses(tmp_path):
+    """The masks come from the global step's key, not a device's: a state saved on 8 devices restores onto
+    4 and continues with the losses of the 8."""
     config = tiny(total_steps=10)
     config.input.batch_size = 16
-
-    def batches():
-        return iter(data.train_input(config.input, seed=0))
-
-    one = runs.train_losses(config, jax.devices()[:1], batches(), 10, steps=6)[0]
-    eight, _, four, _ = runs.save_on_eight_restore_on_four(config, batches(), 10, tmp_path / "checkpoints",
-                                                            saved_after=3, more=3)
-    np.testing.assert_allclose(eight, one, rtol=2e-5)
-    assert one[-1] != one[0]
+    eight, _, four, _ = runs.save_on_eight_restore_on_four(config, iter(data.train_input(config.input, seed=0)), 10,
+                                                            tmp_path / "checkpoints", saved_after=3, more=3)
+    assert eight[-1] != eight[0]
     np.testing.assert_allclose(four, eight[3:], rtol=1e-6)
 
 
-def test_sigterm_sigkill_and_a_kill_during_a_save_resume_with_the_uninterrupted_losses(tmp_path):
+def test_sigkill_at_a_random_step_and_during_a_save_resume_with_the_uninterrupted_losses(tmp_path):
     steps = 16
     flags = ["--config", "configs/demo_simmim.py", f"--config.total_steps={steps}", "--config.log_every_steps=1",
              "--config.eval_every_steps=1000", "--config.checkpoint_every_steps=4", "--config.input.batch_size=16",
              "--config.input.preview_images=0", *TINY_FLAGS]
-    runs.check_resumes(flags, tmp_path, steps, after_step=5)  # the same masks after each restart
+    # the same masks after each restart
+    runs.check_resumes(flags, tmp_path, steps, after_step=5, interruptions=("sigkill", "kill during a save"))
 
 
 def test_multistep_schedule_is_the_official_one():

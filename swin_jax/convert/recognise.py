@@ -96,22 +96,37 @@ def _backbone_name(state: dict, source: Source, what: str) -> str:
     return names[0]
 
 
+def _kind_of_name(name: str) -> str:
+    if registry.detector_kind(name):
+        return "detector"
+    if name.startswith(registry.MIM_PREFIX):
+        return "SimMIM model"
+    return "segmenter" if name.startswith(registry.SEGMENTER_PREFIX) else "classifier"
+
+
 def guess_model(state: dict, source: Source, name: str | None = None) -> tuple[str, dict]:
     """(registered name, create_model arguments) of a PyTorch state dict: a detector, a SimMIM model, a
     segmenter or a classifier, told by its keys; the size by its shapes (a timm folder's config.json names
-    it). With `name` given, only the arguments (the classes its head has)."""
+    it). With `name` given, only the arguments (the classes and head widths its heads show), and none
+    when `name` is of another kind than the file (the converter then says what the file holds)."""
     config = source.config or {}
     if name is None and config.get("architecture") in registry.MODELS:  # timm's save_pretrained
         return config["architecture"], {"num_classes": int(config.get("num_classes", 1000))}
     if any(k.startswith("rpn_head.") for k in state):
-        backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        kind = "detector"
         classes = next(v.shape[0] - 1 for k, v in state.items() if k.endswith("fc_cls.weight"))
-        prefix = "cascade_mask_rcnn_" if any(k.startswith("roi_head.bbox_head.0.") for k in state) else "mask_rcnn_"
-        return name or prefix + _backbone_name(backbone, source, "its backbone's tensors"), {"num_classes": int(classes)}
-    if layouts.is_mim_state(state):
-        encoder = layouts.split_mim_state(state, source.path)[0]
-        return name or registry.MIM_PREFIX + _backbone_name(encoder, source, "its encoder's tensors"), {}
-    if layouts.is_segmenter_state(state):
+        arguments = {"num_classes": int(classes)}
+        if name is None:
+            backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+            prefix = "cascade_mask_rcnn_" if any(k.startswith("roi_head.bbox_head.0.") for k in state) else "mask_rcnn_"
+            name = prefix + _backbone_name(backbone, source, "its backbone's tensors")
+    elif layouts.is_mim_state(state):
+        kind, arguments = "SimMIM model", {}
+        if name is None:
+            encoder = layouts.split_mim_state(state, source.path)[0]
+            name = registry.MIM_PREFIX + _backbone_name(encoder, source, "its encoder's tensors")
+    elif layouts.is_segmenter_state(state):
+        kind = "segmenter"
         backbone, heads, _ = split_segmenter_state(state, source.path)
         # The classifiers (HF: classifier, mmseg: conv_seg) show the classes and each head's width.
         widths = {k.split(".")[0]: v.shape[:2] for k, v in heads.items()
@@ -119,9 +134,14 @@ def guess_model(state: dict, source: Source, name: str | None = None) -> tuple[s
         arguments = {"num_classes": int(widths["decode_head"][0]), "channels": int(widths["decode_head"][1])}
         if "auxiliary_head" in widths:
             arguments["auxiliary_channels"] = int(widths["auxiliary_head"][1])
-        return name or registry.SEGMENTER_PREFIX + _backbone_name(backbone, source, "its backbone's tensors"), arguments
-    found = layouts.describe(layouts.to_timm_layout(state)[1])
-    return name or _backbone_name(state, source, "its tensors"), {"num_classes": int(found.get("num_classes", 0))}
+        if name is None:
+            name = registry.SEGMENTER_PREFIX + _backbone_name(backbone, source, "its backbone's tensors")
+    else:
+        kind = "classifier"
+        arguments = {"num_classes": int(layouts.describe(layouts.to_timm_layout(state)[1]).get("num_classes", 0))}
+        if name is None:
+            name = _backbone_name(state, source, "its tensors")
+    return name, arguments if _kind_of_name(name) == kind else {}
 
 
 def class_names(source: Source) -> list[str] | None:
