@@ -1,7 +1,7 @@
 """SimMIM pre-training of the demo's small Swin on the offline digits, labels unused: the 1437 training
 digits (32x32), 60% of the 4x4-pixel cells masked, the official schedule's shape (warm-up, then a step
 down by 10x late in the run). Evaluation reports the reconstruction loss on the 360 held-out digits and
-puts original | masked | reconstruction into TensorBoard. About three minutes on two CPU cores.
+puts original | masked | reconstruction into TensorBoard. About 4 to 5 minutes on two CPU cores (2026-12-07).
 
   python train.py --config configs/demo_simmim.py --workdir /tmp/simmim
   python train.py --config configs/demo_simmim_finetune.py --workdir /tmp/ft --config.init_from=/tmp/simmim
