@@ -88,7 +88,7 @@ def load(path: str, model_name: str | None = None):
         return model, variables, None, saved.get("class_names"), f"{path} ({source.what}): {registry.describe(model)}"
     state = read_state_dict(source.weights)
     name, arguments = guess_model(state, source, model_name)
-    model = create_model(name, **{k: v for k, v in arguments.items() if v})
+    model = create_model(name, **arguments)
     options = dict(require_heads=True) if hasattr(model, "backbone") else {}
     variables = convert_state_dict(state, model, source=source.weights, **options)
     how = "named by --model" if model_name else "guessed from its tensors; --model names another"

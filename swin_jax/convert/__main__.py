@@ -65,7 +65,7 @@ def to_jax(args, source) -> None:
         print(f"guessed model: {name} (from the tensors of {source.weights}); name another with --model")
     overrides = {k: v for k, v in (("num_classes", args.num_classes), ("img_size", args.img_size),
                                    ("window_size", args.window_size)) if v is not None}
-    overrides = {**{k: v for k, v in arguments.items() if v}, **overrides}
+    overrides = {**arguments, **overrides}
     class_map = None
     if args.map_22k_to_1k:
         class_map = read_class_map(args.map_22k_to_1k)

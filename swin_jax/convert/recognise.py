@@ -138,7 +138,8 @@ def guess_model(state: dict, source: Source, name: str | None = None) -> tuple[s
             name = registry.SEGMENTER_PREFIX + _backbone_name(backbone, source, "its backbone's tensors")
     else:
         kind = "classifier"
-        arguments = {"num_classes": int(layouts.describe(layouts.to_timm_layout(state)[1]).get("num_classes", 0))}
+        found = layouts.describe(layouts.to_timm_layout(state)[1])
+        arguments = {"num_classes": int(found["num_classes"])} if "num_classes" in found else {}  # headless: none
         if name is None:
             name = _backbone_name(state, source, "its tensors")
     return name, arguments if _kind_of_name(name) == kind else {}
