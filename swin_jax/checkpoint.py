@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 
@@ -83,10 +84,14 @@ class CheckpointError(ValueError):
 
 
 def _reason(error: BaseException) -> str:
-    """The first line of an error's message (orbax's run to pages), at most 400 characters."""
+    """The first line of an error's message (orbax's run to pages), at most 400 characters, led by the
+    operating system's words where tensorstore gives only the error number (their place in its message
+    varies with the length of the path)."""
     text = str(error).strip().splitlines()
     line = text[0] if text else type(error).__name__
-    return line if len(line) <= 400 else f"{line[:150]} ... {line[-240:]}"  # the cause is at the end
+    short = line if len(line) <= 400 else f"{line[:150]} ... {line[-240:]}"  # the cause is at the end
+    code = re.search(r"os_error_code='(\d+)'", line)
+    return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)}): {short}" if code else short
 
 
 class _StepsWithoutMetrics(logging.Filter):
