@@ -94,14 +94,28 @@ def _reason(error: BaseException) -> str:
     return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)}): {short}" if code else short
 
 
-class _StepsWithoutMetrics(logging.Filter):
-    """Orbax warns at every save without metrics once it tracks the best; only evaluated steps have them."""
+class _ExpectedOrbaxWarnings(logging.Filter):
+    """Orbax warns at every save without metrics once it tracks the best (only evaluated steps have
+    them), and when its array handler is replaced (`_one_transfer_per_array_on_cpu`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "did not provide metrics" not in record.getMessage()
+        message = record.getMessage()
+        return "did not provide metrics" not in message and "Type handler registry type" not in message
 
 
-logging.getLogger("absl").addFilter(_StepsWithoutMetrics())
+logging.getLogger("absl").addFilter(_ExpectedOrbaxWarnings())
+
+
+def _one_transfer_per_array_on_cpu() -> None:
+    """Orbax splits a replicated array's copy to the host among its replicas (on TPU, each chip copies a
+    share). CPU devices share the host's memory, so the split buys nothing there, and it compiles one
+    slice program per array shape: about 20 s at the first save of a Swin-T segmenter's state. Orbax
+    turns it off for GPUs already; this does the same for CPUs (asked once the backend is up, which
+    multi-process runs need to start first)."""
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    if jax.default_backend() == "cpu" and getattr(handler, "_use_replica_parallel", False):
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
 class TrainCheckpoints:
@@ -114,6 +128,7 @@ class TrainCheckpoints:
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, best_metric: str = "eval_top1"):
         from orbax.checkpoint import checkpoint_managers as policies
 
+        _one_transfer_per_array_on_cpu()
         keep = [policies.LatestN(n=keep)]
         if best_metric:  # a task without one (SimMIM pre-training) keeps the latest steps only
             keep.append(policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=True, n=1,
