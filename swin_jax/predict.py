@@ -35,14 +35,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from swin_jax import checkpoint, data, workdir
-from swin_jax.convert import ConversionError, convert_state_dict, read_state_dict
-from swin_jax.convert.recognise import ACCEPTED, WORKDIR, guess_model, recognise
+from swin_jax.convert import ConversionError, model_from_pytorch
+from swin_jax.convert.recognise import ACCEPTED, WORKDIR, recognise
 from swin_jax.convert.recognise import class_names as class_names_of
 from swin_jax.data import ade20k, coco, segmentation, transforms
 from swin_jax.data.host import tf
 from swin_jax.data.on_device import simmim_masks
 from swin_jax.data.scenes import SCENE_CLASSES
-from swin_jax.models import create_model, registry
+from swin_jax.models import registry
 from swin_jax.models.detection.detectors import TwoStageDetector
 from swin_jax.models.layers import resize_bilinear
 from swin_jax.models.upernet import segment_probabilities
@@ -86,11 +86,7 @@ def load(path: str, model_name: str | None = None):
             return model, variables, config, None, f"{path} ({source.what}, {which}): {registry.describe(model)}"
         model, variables, saved = checkpoint.load_pretrained(path)
         return model, variables, None, saved.get("class_names"), f"{path} ({source.what}): {registry.describe(model)}"
-    state = read_state_dict(source.weights)
-    name, arguments = guess_model(state, source, model_name)
-    model = create_model(name, **arguments)
-    options = dict(require_heads=True) if hasattr(model, "backbone") else {}
-    variables = convert_state_dict(state, model, source=source.weights, **options)
+    name, _, model, variables = model_from_pytorch(source, model_name)
     how = "named by --model" if model_name else "guessed from its tensors; --model names another"
     return model, variables, None, class_names_of(source), f"{source.weights} ({source.what}): {name}, {how}"
 

@@ -61,6 +61,9 @@ def test_a_timm_folder_converts_predicts_and_loads_without_a_model_name(timm_fol
     with torch.no_grad():
         expected = tm(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
     np.testing.assert_allclose(np.asarray(model.apply(variables, x)), expected, rtol=1e-4, atol=1e-4)
+    name, arguments, guessed, same = swin_jax.convert.model_from_pytorch(recognise.recognise(folder))  # the model too
+    assert (name, arguments.get("num_classes")) == ("swin_tiny_patch4_window7_224", 5)
+    np.testing.assert_array_equal(np.asarray(guessed.apply(same, x)), np.asarray(model.apply(variables, x)))
     converted = swin_jax.load_pytorch_checkpoint(tmp_path / "converted", model)  # and a converted directory
     np.testing.assert_array_equal(np.asarray(model.apply(converted, x)), np.asarray(model.apply(variables, x)))
 

@@ -20,6 +20,7 @@ from swin_jax.convert import classifier, detector, masked_image, recognise, segm
 from swin_jax.convert.classifier import read_class_map
 from swin_jax.convert.fitting import export_timm_state_dict
 from swin_jax.convert.reader import ConversionError, read_state_dict
+from swin_jax.models import create_model
 from swin_jax.models.detection.detectors import TwoStageDetector
 from swin_jax.models.simmim import SimMIM
 from swin_jax.models.swin import Swin
@@ -93,6 +94,26 @@ def load_weights(path: str | os.PathLike, model, *, class_map: np.ndarray | None
     return _variables(path, model, options, init=True)
 
 
+def model_from_pytorch(source: recognise.Source, model_name: str | None = None, *, overrides: dict | None = None,
+                       backbone_only: bool = False, class_map: np.ndarray | None = None):
+    """(name, create_model arguments, model, variables) of a PyTorch file or save_pretrained folder
+    (`recognise.recognise`): the model `model_name`, or the one its tensors give (`recognise.guess_model`),
+    built with the guessed arguments updated by `overrides`. A segmenter's or detector's heads must be in
+    the file, unless a segmenter is asked for its `backbone_only`; a classifier's 22K head is narrowed by
+    `class_map`."""
+    state = read_state_dict(source.weights)
+    name, arguments = recognise.guess_model(state, source, model_name)
+    arguments = {**arguments, **(overrides or {})}
+    model = create_model(name, **arguments)
+    if isinstance(model, UPerNet):
+        options = dict(backbone_only=backbone_only, require_heads=not backbone_only)
+    elif isinstance(model, TwoStageDetector):
+        options = dict(require_heads=True)
+    else:
+        options = dict(class_map=class_map) if class_map is not None and isinstance(model, Swin) else {}
+    return name, arguments, model, convert_state_dict(state, model, source=source.weights, **options)
+
+
 def export_state_dict(variables: dict, model) -> tuple[dict[str, np.ndarray], str]:
     """(the PyTorch state dict of `model`'s variables, float32 numpy; the layout it is in)."""
     kind = kind_of(model)
@@ -100,4 +121,4 @@ def export_state_dict(variables: dict, model) -> tuple[dict[str, np.ndarray], st
 
 
 __all__ = ["ConversionError", "KINDS", "convert_state_dict", "export_state_dict", "export_timm_state_dict",
-           "kind_of", "load_pytorch_checkpoint", "load_weights", "read_class_map", "read_state_dict"]
+           "kind_of", "load_pytorch_checkpoint", "load_weights", "model_from_pytorch", "read_class_map", "read_state_dict"]

@@ -29,11 +29,9 @@ import tempfile
 from safetensors.numpy import save_file
 
 from swin_jax import checkpoint, workdir
-from swin_jax.convert import ConversionError, convert_state_dict, export_state_dict, read_class_map, read_state_dict
-from swin_jax.convert.recognise import ACCEPTED, class_names, guess_model, recognise
-from swin_jax.models import create_model, registry
-from swin_jax.models.detection.detectors import TwoStageDetector
-from swin_jax.models.upernet import UPerNet
+from swin_jax.convert import ConversionError, export_state_dict, model_from_pytorch, read_class_map
+from swin_jax.convert.recognise import ACCEPTED, class_names, recognise
+from swin_jax.models import registry
 
 
 def parse_args(argv):
@@ -59,26 +57,17 @@ def parse_args(argv):
 
 
 def to_jax(args, source) -> None:
-    state = read_state_dict(source.weights)
-    name, arguments = guess_model(state, source, args.model)
-    if not args.model:
-        print(f"guessed model: {name} (from the tensors of {source.weights}); name another with --model")
     overrides = {k: v for k, v in (("num_classes", args.num_classes), ("img_size", args.img_size),
                                    ("window_size", args.window_size)) if v is not None}
-    overrides = {**arguments, **overrides}
-    class_map = None
-    if args.map_22k_to_1k:
-        class_map = read_class_map(args.map_22k_to_1k)
+    class_map = read_class_map(args.map_22k_to_1k) if args.map_22k_to_1k else None
+    if class_map is not None:
         overrides["num_classes"] = len(class_map)
-    model = create_model(name, **overrides)
-    options = dict(class_map=class_map) if class_map is not None else {}
-    if isinstance(model, UPerNet):
-        options = dict(backbone_only=args.backbone_only, require_heads=not args.backbone_only)
-    elif isinstance(model, TwoStageDetector):  # converting a file means converting a whole detector
-        options = dict(require_heads=True)
-    variables = convert_state_dict(state, model, source=source.weights, **options)
-    checkpoint.save_pretrained(args.output, variables, name, overrides, class_names(source))
-    print(f"wrote {args.output} ({name}, {overrides or 'default config'})")
+    name, arguments, _, variables = model_from_pytorch(source, args.model, overrides=overrides,
+                                                       backbone_only=args.backbone_only, class_map=class_map)
+    if not args.model:
+        print(f"guessed model: {name} (from the tensors of {source.weights}); name another with --model")
+    checkpoint.save_pretrained(args.output, variables, name, arguments, class_names(source))
+    print(f"wrote {args.output} ({name}, {arguments or 'default config'})")
 
 
 def to_pytorch(args, source) -> None:
